@@ -1,0 +1,99 @@
+// The request handler given to Deno.serve: route, dispatch to a handler, map errors, log one line.
+
+import type { Config } from "./config.ts";
+import { handleBlob } from "./handlers/blob.ts";
+import type { HandlerContext } from "./handlers/context.ts";
+import { handleBase, handleReferrers, handleTags } from "./handlers/listing.ts";
+import { handleManifest } from "./handlers/manifest.ts";
+import { log, type RequestRecord } from "./log.ts";
+import { RegistryError } from "./oci/errors.ts";
+import { type Route, route } from "./route.ts";
+import type { UpstreamClient } from "./upstream/client.ts";
+
+/** What the app is wired with in main.ts. */
+export interface AppDeps {
+  config: Config;
+  clients: Map<string, UpstreamClient>;
+}
+
+/** Deno.serve's per-request info; `completed` settles when the response is fully sent. */
+export interface ServeInfo {
+  completed?: Promise<void>;
+}
+
+/** Builds the `Request -> Response` function of the mirror. */
+export function createApp(
+  deps: AppDeps,
+): (request: Request, info?: ServeInfo) => Promise<Response> {
+  const upstream = (registry: string) => deps.clients.get(registry)!;
+  return async (request, info) => {
+    const started = performance.now();
+    const url = new URL(request.url);
+    const ns = url.searchParams.get("ns");
+    const record: RequestRecord = {
+      method: request.method,
+      path: ns === null ? url.pathname : `${url.pathname}?ns=${ns}`,
+      upstreamBytes: 0,
+      retries: 0,
+    };
+    let response: Response;
+    try {
+      const decided = route(request, deps.config);
+      if (decided instanceof RegistryError) throw decided;
+      describe(decided, record);
+      response = await dispatch(decided, request, { config: deps.config, upstream, record });
+    } catch (e) {
+      response = errorResponse(e, request.method, record);
+    }
+    record.status = response.status;
+    const length = response.headers.get("content-length");
+    const done = () => {
+      record.bytes = length !== null ? Number(length) : record.upstreamBytes;
+      logRequest(record, performance.now() - started);
+    };
+    if (info?.completed) info.completed.then(done, done);
+    else done();
+    return response;
+  };
+}
+
+function dispatch(r: Route, request: Request, ctx: HandlerContext): Promise<Response> | Response {
+  switch (r.kind) {
+    case "base":
+      return handleBase(request);
+    case "manifest":
+      return handleManifest(r, request, ctx);
+    case "blob":
+      return handleBlob(r, request, ctx);
+    case "tags":
+      return handleTags(r, request, ctx);
+    case "referrers":
+      return handleReferrers(r, request, ctx);
+  }
+}
+
+function describe(r: Route, record: RequestRecord): void {
+  if (r.kind === "base") return;
+  record.registry = r.registry;
+  record.repository = r.name;
+  if (r.kind === "manifest") record.reference = r.reference;
+  if (r.kind === "blob" || r.kind === "referrers") record.reference = r.digest;
+}
+
+function errorResponse(e: unknown, method: string, record: RequestRecord): Response {
+  if (e instanceof RegistryError) {
+    record.error = e.message;
+    return e.toResponse(method);
+  }
+  record.error = String((e as Error)?.message ?? e);
+  log.error("unexpected error serving {method} {path}: {error}", {
+    method: record.method,
+    path: record.path,
+    error: (e as Error)?.stack ?? String(e),
+  });
+  return new RegistryError("UNKNOWN", "internal error", { cause: e }).toResponse(method);
+}
+
+function logRequest(record: RequestRecord, durationMs: number): void {
+  log.info("{method} {path} {status}", { ...record, durationMs: Math.round(durationMs) });
+}

@@ -1,0 +1,136 @@
+import { deepEqual, equal, throws } from "node:assert/strict";
+import { buildConfig, ConfigError, DEFAULT_REGISTRIES, loadConfig } from "./config.ts";
+
+const files: Record<string, string> = { "/secret": "s3cret\n" };
+const sources = (env: Record<string, string> = {}) => ({
+  env,
+  readTextFile: (path: string) => {
+    if (!(path in files)) throw new Error("No such file");
+    return files[path];
+  },
+});
+
+Deno.test("config: no file serves the nine registries on 0.0.0.0:8080", () => {
+  const config = loadConfig(undefined, sources());
+  deepEqual([...config.registries.keys()], Object.keys(DEFAULT_REGISTRIES));
+  deepEqual(config.listen, { hostname: "0.0.0.0", port: 8080 });
+  equal(config.aliases.get("k8s"), "registry.k8s.io");
+  equal(config.registries.get("nvcr.io")!.authRealms[0], "authn.nvidia.com");
+  deepEqual(config.upstream, { idleTimeoutMs: 60_000, retries: 3 });
+  equal(config.cache.dir, "./data");
+});
+
+Deno.test("config: entries merge over defaults, add and remove registries", () => {
+  const config = buildConfig({
+    listen: "127.0.0.1:5001",
+    registries: {
+      "docker.io": { upstream: "http://127.0.0.1:5000/" },
+      "quay.io": false,
+      "registry.example.com": { upstream: "https://registry.example.com/v2/", aliases: ["ex"] },
+      "ghcr.io": { username: "u", passwordFile: "/secret" },
+    },
+    hosts: { "ex.mirror.local": "registry.example.com" },
+    upstream: { idleTimeout: "2s", retries: 0 },
+  }, sources());
+  const hub = config.registries.get("docker.io")!;
+  deepEqual([hub.upstream.href, hub.aliases], ["http://127.0.0.1:5000/", ["docker"]]);
+  equal(config.registries.has("quay.io"), false);
+  equal(config.aliases.has("quay"), false);
+  equal(
+    config.registries.get("registry.example.com")!.upstream.href,
+    "https://registry.example.com/",
+  );
+  equal(config.aliases.get("ex"), "registry.example.com");
+  equal(config.registries.get("ghcr.io")!.password, "s3cret");
+  equal(config.hosts.get("ex.mirror.local"), "registry.example.com");
+  deepEqual(config.upstream, { idleTimeoutMs: 2000, retries: 0 });
+  deepEqual(config.listen, { hostname: "127.0.0.1", port: 5001 });
+});
+
+Deno.test("config: environment sets listen and Docker Hub credentials", () => {
+  const config = buildConfig(
+    {},
+    sources({
+      MIRROR_LISTEN: "[::1]:9000",
+      DOCKER_HUB_USERNAME: "hubuser",
+      DOCKER_HUB_PASSWORD: "hubpass",
+    }),
+  );
+  deepEqual(config.listen, { hostname: "::1", port: 9000 });
+  const hub = config.registries.get("docker.io")!;
+  deepEqual([hub.username, hub.password], ["hubuser", "hubpass"]);
+  equal(config.registries.get("quay.io")!.password, undefined);
+});
+
+/** [config, text the one-line error must contain] */
+const BAD: [unknown, string][] = [
+  [{ listne: "x" }, "config: listne: unknown key"],
+  [{ listen: "8080" }, 'listen: expected "host:port"'],
+  [{ listen: "0.0.0.0:99999" }, '"0.0.0.0:99999"'],
+  [{ listen: 8080 }, "listen: expected a non-empty string, got 8080"],
+  [
+    { registries: { "quay.io": { upstream: "htp:/x" } } },
+    'registries.quay.io.upstream: expected an http(s) URL without query or credentials, got "htp:/x"',
+  ],
+  [{ registries: { "quay.io": { upstream: "not a url" } } }, '"not a url"'],
+  [
+    { registries: { "quay.io": { upstream: "https://u:p@quay.io" } } },
+    "registries.quay.io.upstream",
+  ],
+  [
+    { registries: { "quay.io": { upstreem: "https://quay.io" } } },
+    "registries.quay.io.upstreem: unknown key",
+  ],
+  [{ registries: { "new.example.com": {} } }, "registries.new.example.com.upstream: required"],
+  [
+    { registries: { "Bad Name": { upstream: "https://x" } } },
+    '"Bad Name" is not a registry host name',
+  ],
+  [{ registries: { "quay.io": { aliases: ["docker"] } } }, '"docker" is already used by docker.io'],
+  [
+    { registries: { "quay.io": { aliases: ["gcr.io"] } } },
+    'registries.quay.io.aliases: invalid entry "gcr.io"',
+  ],
+  [
+    { registries: { "quay.io": { username: "u" } } },
+    "registries.quay.io: username and password must be set together",
+  ],
+  [
+    { registries: { "quay.io": { username: "u", password: "p", passwordFile: "/secret" } } },
+    "not both",
+  ],
+  [
+    { registries: { "quay.io": { username: "u", passwordFile: "/missing" } } },
+    'passwordFile: cannot read "/missing"',
+  ],
+  [{ registries: { "quay.io": true } }, "registries.quay.io: expected an object, got true"],
+  [{ hosts: { "q.local": "quay.iox" } }, 'hosts.q.local: unknown registry "quay.iox"'],
+  [{ cache: { dir: "./d", size: 1 } }, "cache.size: unknown key"],
+  [
+    { upstream: { idleTimeout: "soon" } },
+    'upstream.idleTimeout: expected a duration like "60s", got "soon"',
+  ],
+  [{ upstream: { retries: -1 } }, "upstream.retries: expected an integer 0-10, got -1"],
+  [[], "config: config: expected an object"],
+];
+
+Deno.test("config: every bad key or value is one clear line naming it", () => {
+  for (const [raw, text] of BAD) {
+    throws(() => buildConfig(raw, sources()), (e: Error) => {
+      equal(e instanceof ConfigError, true);
+      equal(
+        e.message.includes(text),
+        true,
+        `${JSON.stringify(raw)}: "${e.message}" lacks "${text}"`,
+      );
+      equal(e.message.includes("\n"), false);
+      return true;
+    });
+  }
+});
+
+Deno.test("config: unreadable file and invalid JSON name the file", () => {
+  throws(() => loadConfig("/nope.json", sources()), /cannot read \/nope\.json/);
+  files["/bad.json"] = "{ nope";
+  throws(() => loadConfig("/bad.json", sources()), /\/bad\.json is not valid JSON/);
+});

@@ -1,0 +1,53 @@
+// Structured JSON Lines logging (LogTape) to stderr, and the per-request record each handler fills.
+
+import {
+  configureSync,
+  getConsoleSink,
+  getLogger,
+  isLogLevel,
+  jsonLinesFormatter,
+  type Logger,
+  type LogLevel,
+} from "@logtape/logtape";
+
+/** The application logger; child categories name the part that logs. */
+export const log: Logger = getLogger(["registry-mirror"]);
+
+/** What one request did, filled in as it is served and logged as one line when it completes. */
+export interface RequestRecord {
+  method: string;
+  path: string;
+  registry?: string;
+  repository?: string;
+  reference?: string;
+  status?: number;
+  /** Body bytes of the response (its Content-Length, else what streamed from upstream). */
+  bytes?: number;
+  upstreamStatus?: number;
+  /** Body bytes read from upstream. */
+  upstreamBytes: number;
+  /** Upstream retries made. */
+  retries: number;
+  error?: string;
+}
+
+/** Sets up logging at `level` (from `MIRROR_LOG_LEVEL`, default info). Throws on an unknown level. */
+export function setupLogging(level = "info"): void {
+  const lowestLevel = level === "warn" ? "warning" : level;
+  if (!isLogLevel(lowestLevel)) {
+    throw new Error(
+      `MIRROR_LOG_LEVEL: unknown level "${level}" (trace, debug, info, warning, error, fatal)`,
+    );
+  }
+  const toStderr = Object.fromEntries(
+    ["trace", "debug", "info", "warning", "error", "fatal"].map((l) => [l, "error"]),
+  ) as Record<LogLevel, "error">;
+  configureSync({
+    reset: true,
+    sinks: { stderr: getConsoleSink({ formatter: jsonLinesFormatter, levelMap: toStderr }) },
+    loggers: [
+      { category: ["registry-mirror"], lowestLevel: lowestLevel as LogLevel, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}

@@ -1,0 +1,168 @@
+// route(): the pure routing function. Request + config -> which handler, registry, name and reference.
+
+import type { Config } from "./config.ts";
+import { RegistryError } from "./oci/errors.ts";
+import { isDigestReference, isValidDigest, isValidName, isValidTag } from "./oci/names.ts";
+
+/** Where a repository request goes: the registry, and the repository name upstream. */
+export interface Target {
+  /** Registry name, a key of `config.registries`. */
+  registry: string;
+  /** Repository name as the upstream knows it (`library/` added on docker.io). */
+  name: string;
+}
+
+/** The decision `route()` makes for one request. */
+export type Route =
+  | { kind: "base" }
+  | Target & { kind: "manifest"; method: "GET" | "HEAD"; reference: string }
+  | Target & { kind: "blob"; method: "GET" | "HEAD"; digest: string }
+  | Target & {
+    kind: "tags";
+    n?: number;
+    last?: string;
+    /** The path the client used up to the name, for rewriting upstream `Link` headers. */
+    clientPath: string;
+    /** The client's `ns` parameter, kept on rewritten links. */
+    ns?: string;
+  }
+  | Target & { kind: "referrers"; digest: string; artifactType?: string };
+
+const DOCKER_HUB = "docker.io";
+const MEDIA_TYPE = /^[a-zA-Z0-9][\w.+-]*\/[\w.+-]+$/;
+
+/**
+ * Decides how to serve a request, in the order: `?ns=`, Host header, registry name after `/v2/`,
+ * alias after `/v2/` (with at least two components after it), else Docker Hub. The direct form
+ * `/<registry-or-alias>/v2/...` names the registry by its first segment. PURE: no I/O, no clock.
+ */
+export function route(request: Request, config: Config): Route | RegistryError {
+  const url = new URL(request.url);
+  const m = /^(?:\/([^/]+))?\/v2(?:\/(.*))?$/.exec(url.pathname);
+  if (!m) {
+    return new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });
+  }
+  const [, prefix, rest = ""] = m;
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return new RegistryError(
+      "UNSUPPORTED",
+      `${request.method} is not supported: this mirror is read-only`,
+      { status: 405, headers: { allow: "GET, HEAD" } },
+    );
+  }
+  const ns = url.searchParams.get("ns") ?? undefined;
+  const explicit = ns !== undefined
+    ? lookup(config, ns, `unknown registry "${ns}" in ns=`)
+    : prefix !== undefined
+    ? lookup(config, prefix, `unknown registry "${prefix}" in path prefix`)
+    : hostRegistry(request, config);
+  if (explicit instanceof RegistryError) return explicit;
+  if (rest === "") return { kind: "base" };
+
+  const segments = rest.split("/");
+  const op = operation(segments);
+  if (op instanceof RegistryError) return op;
+  let nameParts = segments.slice(0, segments.length - op.length);
+  let registry = explicit;
+  if (registry === undefined) {
+    const first = nameParts[0];
+    const aliased = config.aliases.get(first);
+    if (nameParts.length >= 2 && config.registries.has(first)) {
+      registry = first;
+    } else if (nameParts.length >= 3 && aliased !== undefined) {
+      registry = aliased;
+    } else if (nameParts.length >= 2 && /[.:]/.test(first)) {
+      return new RegistryError("NAME_UNKNOWN", `unknown registry "${first}" in path`);
+    }
+    if (registry !== undefined) nameParts = nameParts.slice(1);
+  } else if (ns !== undefined && nameParts.length >= 2 && nameParts[0] === registry) {
+    nameParts = nameParts.slice(1);
+  }
+  registry ??= DOCKER_HUB;
+  if (!config.registries.has(registry)) {
+    return new RegistryError("NAME_UNKNOWN", `registry "${registry}" is not configured`);
+  }
+  const clientPath = url.pathname.slice(0, url.pathname.length - op.join("/").length - 1);
+  let name = nameParts.join("/");
+  if (!isValidName(name)) {
+    return new RegistryError("NAME_INVALID", `invalid repository name "${name}"`);
+  }
+  if (registry === DOCKER_HUB && nameParts.length === 1) name = `library/${name}`;
+  const target = { registry, name };
+  const method = request.method as "GET" | "HEAD";
+
+  switch (op[0]) {
+    case "manifests": {
+      const reference = op[1];
+      if (isDigestReference(reference) ? !isValidDigest(reference) : !isValidTag(reference)) {
+        return isDigestReference(reference)
+          ? new RegistryError("DIGEST_INVALID", `invalid digest "${reference}"`)
+          : new RegistryError("TAG_INVALID", `invalid tag "${reference}"`);
+      }
+      return { kind: "manifest", method, ...target, reference };
+    }
+    case "blobs": {
+      const digest = op[1];
+      if (!isValidDigest(digest)) {
+        return new RegistryError("DIGEST_INVALID", `invalid digest "${digest}"`);
+      }
+      return { kind: "blob", method, ...target, digest };
+    }
+    case "referrers": {
+      const digest = op[1];
+      if (!isValidDigest(digest)) {
+        return new RegistryError("DIGEST_INVALID", `invalid digest "${digest}"`);
+      }
+      const artifactType = url.searchParams.get("artifactType") ?? undefined;
+      if (artifactType !== undefined && !MEDIA_TYPE.test(artifactType)) {
+        return new RegistryError("UNSUPPORTED", `invalid artifactType "${artifactType}"`, {
+          status: 400,
+        });
+      }
+      return { kind: "referrers", ...target, digest, artifactType };
+    }
+    default: {
+      const nText = url.searchParams.get("n");
+      const last = url.searchParams.get("last") ?? undefined;
+      if (nText !== null && !/^\d{1,6}$/.test(nText)) {
+        return new RegistryError("PAGINATION_NUMBER_INVALID", `invalid page size n=${nText}`);
+      }
+      if (last !== undefined && !isValidTag(last)) {
+        return new RegistryError("TAG_INVALID", `invalid tag "${last}" in last=`);
+      }
+      const n = nText === null ? undefined : Number(nText);
+      return { kind: "tags", ...target, n, last, clientPath, ns };
+    }
+  }
+}
+
+/** The trailing segments naming the operation: `manifests/<ref>`, `blobs/<digest>`, ... */
+function operation(segments: string[]): string[] | RegistryError {
+  const [op, arg] = segments.slice(-2);
+  const hasName = segments.length > 2;
+  if (hasName && (op === "manifests" || op === "blobs" || op === "referrers") && arg !== "") {
+    return [op, arg];
+  }
+  if (hasName && op === "tags" && arg === "list") return [op, arg];
+  if (segments.includes("uploads") && segments.includes("blobs")) {
+    return new RegistryError("UNSUPPORTED", "uploads are not supported: this mirror is read-only", {
+      status: 405,
+      headers: { allow: "GET, HEAD" },
+    });
+  }
+  return new RegistryError("UNSUPPORTED", `no such endpoint: /v2/${segments.join("/")}`, {
+    status: 404,
+  });
+}
+
+/** A registry by name or alias; a value not configured is an error, never a host to dial. */
+function lookup(config: Config, key: string, message: string): string | RegistryError {
+  if (config.registries.has(key)) return key;
+  return config.aliases.get(key) ?? new RegistryError("NAME_UNKNOWN", message);
+}
+
+/** The registry mapped to the Host header in `hosts`, written with or without the port. */
+function hostRegistry(request: Request, config: Config): string | undefined {
+  const host = (request.headers.get("host") ?? "").toLowerCase();
+  return config.hosts.get(host) ?? config.hosts.get(host.replace(/:\d+$/, ""));
+}

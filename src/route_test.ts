@@ -1,0 +1,224 @@
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { buildConfig } from "./config.ts";
+import { RegistryError } from "./oci/errors.ts";
+import { type Route, route } from "./route.ts";
+
+const config = buildConfig({
+  registries: { "docker.io": { aliases: ["docker", "hub"] } },
+  hosts: { "quay.mirror.example.com": "quay.io" },
+}, { env: {}, readTextFile: () => "" });
+
+const D = "sha256:" + "a".repeat(64);
+
+function r(path: string, init: { method?: string; host?: string } = {}) {
+  const headers = init.host ? { host: init.host } : undefined;
+  return route(
+    new Request(`http://mirror.test${path}`, { method: init.method ?? "GET", headers }),
+    config,
+  );
+}
+
+/** Routes a request that must succeed, returning the Route of the expected kind. */
+function routed<K extends Route["kind"]>(
+  kind: K,
+  path: string,
+  init: { method?: string; host?: string } = {},
+): Extract<Route, { kind: K }> {
+  const got = r(path, init);
+  if (got instanceof RegistryError) throw new Error(`${path}: ${got.message}`);
+  equal(got.kind, kind, path);
+  return got as Extract<Route, { kind: K }>;
+}
+
+/** [path, registry, name, reference-or-digest, kind] for every routing rule and its edges. */
+const TABLE: [string, string, string, string, string][] = [
+  // 5. Docker Hub by default (dockerd registry-mirrors), library/ added to one component
+  ["/v2/library/ubuntu/manifests/latest", "docker.io", "library/ubuntu", "latest", "manifest"],
+  ["/v2/ubuntu/manifests/22.04", "docker.io", "library/ubuntu", "22.04", "manifest"],
+  ["/v2/bitnami/redis/blobs/" + D, "docker.io", "bitnami/redis", D, "blob"],
+  // 3. registry name after /v2/
+  [
+    "/v2/quay.io/prometheus/prometheus/manifests/latest",
+    "quay.io",
+    "prometheus/prometheus",
+    "latest",
+    "manifest",
+  ],
+  ["/v2/registry.k8s.io/pause/manifests/3.9", "registry.k8s.io", "pause", "3.9", "manifest"],
+  ["/v2/registry.gitlab.com/a/b/c/manifests/v1", "registry.gitlab.com", "a/b/c", "v1", "manifest"],
+  ["/v2/docker.io/library/alpine/manifests/3", "docker.io", "library/alpine", "3", "manifest"],
+  ["/v2/docker.io/alpine/manifests/3", "docker.io", "library/alpine", "3", "manifest"],
+  // a registry name with nothing after it is a Docker Hub official image name
+  ["/v2/quay.io/manifests/latest", "docker.io", "library/quay.io", "latest", "manifest"],
+  // 4. alias after /v2/ only with two or more components after it
+  [
+    "/v2/quay/prometheus/prometheus/manifests/latest",
+    "quay.io",
+    "prometheus/prometheus",
+    "latest",
+    "manifest",
+  ],
+  [
+    "/v2/docker/library/ubuntu/manifests/latest",
+    "docker.io",
+    "library/ubuntu",
+    "latest",
+    "manifest",
+  ],
+  ["/v2/hub/library/ubuntu/manifests/latest", "docker.io", "library/ubuntu", "latest", "manifest"],
+  ["/v2/docker/compose/manifests/latest", "docker.io", "docker/compose", "latest", "manifest"],
+  ["/v2/docker/dockerfile/manifests/1", "docker.io", "docker/dockerfile", "1", "manifest"],
+  [
+    "/v2/gitlab/gitlab-runner/manifests/latest",
+    "docker.io",
+    "gitlab/gitlab-runner",
+    "latest",
+    "manifest",
+  ],
+  ["/v2/k8s/pause/manifests/3.9", "docker.io", "k8s/pause", "3.9", "manifest"],
+  [
+    "/v2/gitlab/group/project/manifests/v1",
+    "registry.gitlab.com",
+    "group/project",
+    "v1",
+    "manifest",
+  ],
+  // 1. ns= wins over everything; the path is the repository
+  [
+    "/v2/prometheus/prometheus/manifests/latest?ns=quay.io",
+    "quay.io",
+    "prometheus/prometheus",
+    "latest",
+    "manifest",
+  ],
+  ["/v2/library/ubuntu/blobs/" + D + "?ns=docker.io", "docker.io", "library/ubuntu", D, "blob"],
+  ["/v2/ubuntu/manifests/latest?ns=docker.io", "docker.io", "library/ubuntu", "latest", "manifest"],
+  ["/v2/pause/manifests/3.9?ns=registry.k8s.io", "registry.k8s.io", "pause", "3.9", "manifest"],
+  ["/v2/quay/a/b/manifests/x?ns=ghcr.io", "ghcr.io", "quay/a/b", "x", "manifest"],
+  // override_path with ns: /<registry>/v2/... plus ns
+  ["/quay.io/v2/org/img/manifests/1?ns=quay.io", "quay.io", "org/img", "1", "manifest"],
+  // ns plus the same registry name after /v2/ (a host URL ending in /v2/<registry>)
+  ["/v2/quay.io/org/img/manifests/1?ns=quay.io", "quay.io", "org/img", "1", "manifest"],
+  // direct form /<registry-or-alias>/v2/...
+  [
+    "/quay/v2/prometheus/prometheus/manifests/latest",
+    "quay.io",
+    "prometheus/prometheus",
+    "latest",
+    "manifest",
+  ],
+  ["/ghcr.io/v2/org/app/blobs/" + D, "ghcr.io", "org/app", D, "blob"],
+  ["/k8s/v2/pause/manifests/3.9", "registry.k8s.io", "pause", "3.9", "manifest"],
+  ["/docker/v2/ubuntu/manifests/latest", "docker.io", "library/ubuntu", "latest", "manifest"],
+  // name segments that look like operations stay in the name
+  ["/v2/library/blobs/manifests/latest", "docker.io", "library/blobs", "latest", "manifest"],
+  ["/v2/a/manifests/b/manifests/latest", "docker.io", "a/manifests/b", "latest", "manifest"],
+  // tags and referrers
+  ["/v2/quay.io/org/img/tags/list", "quay.io", "org/img", "", "tags"],
+  ["/v2/org/img/referrers/" + D, "docker.io", "org/img", D, "referrers"],
+];
+
+Deno.test("route: every routing form picks the right registry, name and reference", () => {
+  for (const [path, registry, name, ref, kind] of TABLE) {
+    const got = routed(kind as Route["kind"], path);
+    if (got.kind === "base") throw new Error(path);
+    deepEqual([got.registry, got.name], [registry, name], path);
+    if (got.kind === "manifest") equal(got.reference, ref, path);
+    if (got.kind === "blob" || got.kind === "referrers") equal(got.digest, ref, path);
+  }
+});
+
+Deno.test("route: Host header through hosts, with or without port; ns still wins", () => {
+  for (const host of ["quay.mirror.example.com", "QUAY.mirror.example.com:8080"]) {
+    const got = routed("manifest", "/v2/org/img/manifests/1", { host });
+    deepEqual([got.registry, got.name], ["quay.io", "org/img"]);
+  }
+  const ns = routed("manifest", "/v2/org/img/manifests/1?ns=ghcr.io", {
+    host: "quay.mirror.example.com",
+  });
+  equal(ns.registry, "ghcr.io");
+  const other = routed("manifest", "/v2/org/img/manifests/1", { host: "other.example.com" });
+  equal(other.registry, "docker.io");
+});
+
+Deno.test("route: the ping in every form", () => {
+  for (const path of ["/v2/", "/v2", "/v2/?ns=quay.io", "/quay/v2/", "/quay.io/v2"]) {
+    deepEqual(r(path), { kind: "base" }, path);
+  }
+  deepEqual(r("/v2/", { method: "HEAD" }), { kind: "base" });
+});
+
+Deno.test("route: HEAD keeps its method; tags keep pagination and the client's path", () => {
+  const head = routed("blob", "/v2/quay/org/img/blobs/" + D, { method: "HEAD" });
+  deepEqual([head.method, head.registry], ["HEAD", "quay.io"]);
+  const tags = routed("tags", "/v2/quay/org/img/tags/list?n=10&last=v1&ns=quay.io");
+  deepEqual([tags.n, tags.last, tags.clientPath, tags.ns], [
+    10,
+    "v1",
+    "/v2/quay/org/img",
+    "quay.io",
+  ]);
+});
+
+/** [method, path, status, code, message fragment] */
+const ERRORS: [string, string, number, string, string][] = [
+  [
+    "GET",
+    "/v2/x/manifests/latest?ns=quay.iox",
+    404,
+    "NAME_UNKNOWN",
+    'unknown registry "quay.iox" in ns=',
+  ],
+  ["GET", "/v2/x/manifests/latest?ns=169.254.169.254", 404, "NAME_UNKNOWN", "169.254.169.254"],
+  ["GET", "/v2/x/manifests/latest?ns=localhost:22", 404, "NAME_UNKNOWN", "localhost:22"],
+  ["GET", "/v2/x/manifests/latest?ns=", 404, "NAME_UNKNOWN", '""'],
+  ["GET", "/nope/v2/x/manifests/latest", 404, "NAME_UNKNOWN", '"nope" in path prefix'],
+  ["GET", "/v2/evil.example.com/x/manifests/latest", 404, "NAME_UNKNOWN", "evil.example.com"],
+  ["GET", "/v2/localhost:5000/x/manifests/latest", 404, "NAME_UNKNOWN", "localhost:5000"],
+  ["GET", "/v2/Library/Ubuntu/manifests/latest", 400, "NAME_INVALID", "Library/Ubuntu"],
+  ["GET", "/v2/library/ubuntu%2F..%2Fx/manifests/latest", 400, "NAME_INVALID", "%2F"],
+  ["GET", "/v2/library//ubuntu/manifests/latest", 400, "NAME_INVALID", "library//ubuntu"],
+  ["GET", "/v2/a/-b/manifests/latest", 400, "NAME_INVALID", "a/-b"],
+  ["GET", "/v2/library/ubuntu/manifests/-bad", 400, "TAG_INVALID", "-bad"],
+  ["GET", "/v2/library/ubuntu/manifests/" + "t".repeat(129), 400, "TAG_INVALID", "ttt"],
+  ["GET", "/v2/library/ubuntu/manifests/sha256:abc", 400, "DIGEST_INVALID", "sha256:abc"],
+  ["GET", "/v2/library/ubuntu/manifests/md5:" + "a".repeat(32), 400, "DIGEST_INVALID", "md5"],
+  ["GET", "/v2/library/ubuntu/blobs/latest", 400, "DIGEST_INVALID", "latest"],
+  ["GET", "/v2/library/ubuntu/blobs/sha256:" + "A".repeat(64), 400, "DIGEST_INVALID", "AAA"],
+  ["GET", "/v2/library/ubuntu/tags/list?n=abc", 400, "PAGINATION_NUMBER_INVALID", "abc"],
+  ["GET", "/v2/library/ubuntu/tags/list?last=%2F..", 400, "TAG_INVALID", "/.."],
+  ["PUT", "/v2/library/ubuntu/manifests/latest", 405, "UNSUPPORTED", "read-only"],
+  ["DELETE", "/v2/library/ubuntu/blobs/" + D, 405, "UNSUPPORTED", "read-only"],
+  ["POST", "/v2/library/ubuntu/blobs/uploads/", 405, "UNSUPPORTED", "read-only"],
+  ["GET", "/v2/library/ubuntu/blobs/uploads/abc", 405, "UNSUPPORTED", "uploads"],
+  ["GET", "/v2/library/ubuntu/tags/other", 404, "UNSUPPORTED", "no such endpoint"],
+  ["GET", "/v2/manifests/latest", 404, "UNSUPPORTED", "no such endpoint"],
+  ["GET", "/", 404, "UNSUPPORTED", "no such endpoint"],
+  ["GET", "/a/b/v2/x/manifests/latest", 404, "UNSUPPORTED", "no such endpoint"],
+];
+
+Deno.test("route: bad input gets the right OCI error before anything goes upstream", () => {
+  for (const [method, path, status, code, fragment] of ERRORS) {
+    const got = r(path, { method });
+    ok(got instanceof RegistryError, `${method} ${path} routed: ${JSON.stringify(got)}`);
+    deepEqual([got.status, got.code], [status, code], `${method} ${path}`);
+    ok(got.message.includes(fragment), `${path}: "${got.message}" lacks "${fragment}"`);
+  }
+});
+
+Deno.test("route: dot segments are resolved by URL parsing and cannot escape /v2/", () => {
+  const got = r("/v2/library/../../admin/manifests/latest");
+  ok(got instanceof RegistryError && got.status === 404);
+  const encoded = routed("manifest", "/v2/library/%2e%2e/x/manifests/latest");
+  equal(encoded.name, "library/x");
+});
+
+Deno.test("route: a removed Docker Hub makes default routing a clear 404", () => {
+  const noHub = buildConfig({ registries: { "docker.io": false } }, {
+    env: {},
+    readTextFile: () => "",
+  });
+  const got = route(new Request("http://m/v2/library/ubuntu/manifests/latest"), noHub);
+  ok(got instanceof RegistryError && got.code === "NAME_UNKNOWN");
+  match(got.message, /docker\.io/);
+});

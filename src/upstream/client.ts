@@ -1,0 +1,276 @@
+// The upstream HTTP client: auth, redirects, retries with backoff, and idle (never total) timeouts.
+
+import type { RegistryConfig } from "../config.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { log } from "../log.ts";
+import { UpstreamAuth } from "./auth.ts";
+
+/** Statuses worth another try on an idempotent request. */
+const RETRY_STATUSES = new Set([429, 500, 502, 503, 504]);
+const MAX_REDIRECTS = 5;
+const BASE_DELAY_MS = 200;
+/** A Retry-After longer than this is passed to the client instead of waited for. */
+const MAX_RETRY_AFTER_MS = 30_000;
+
+/** One request to an upstream registry. */
+export interface UpstreamRequest {
+  method: "GET" | "HEAD";
+  /** Path below the registry's base URL, starting with `/v2/`, already validated. */
+  path: string;
+  query?: URLSearchParams;
+  /** Accept, Range, User-Agent: what the handler chose to forward. */
+  headers?: Record<string, string>;
+  /** Token scope, e.g. `repository:library/ubuntu:pull`. */
+  scope?: string;
+}
+
+/** Counters a caller can watch: bytes read from the body, retries made. */
+export interface Progress {
+  upstreamBytes: number;
+  retries: number;
+  /** Set when the body stream fails (idle timeout, reset). */
+  error?: string;
+}
+
+/** Options shared by every client. */
+export interface ClientOptions {
+  idleTimeoutMs: number;
+  retries: number;
+  userAgent: string;
+  fetch?: typeof fetch;
+}
+
+/** Talks to one upstream registry. */
+export class UpstreamClient {
+  readonly registry: RegistryConfig;
+  readonly auth: UpstreamAuth;
+  readonly #options: ClientOptions;
+  readonly #fetch: typeof fetch;
+
+  constructor(registry: RegistryConfig, options: ClientOptions) {
+    this.registry = registry;
+    this.#options = options;
+    this.#fetch = options.fetch ?? fetch;
+    this.auth = new UpstreamAuth(registry, {
+      fetch: this.#fetch,
+      now: Date.now,
+      userAgent: options.userAgent,
+    });
+  }
+
+  /**
+   * Sends the request, retrying connect errors, 5xx and 429 with exponential backoff and jitter
+   * (honouring Retry-After). Returns the final upstream response, whatever its status; its body is
+   * watched by the idle timeout. Throws RegistryError when the upstream cannot be reached.
+   */
+  async request(req: UpstreamRequest, progress: Progress): Promise<Response> {
+    for (let attempt = 0;; attempt++) {
+      let response: Response;
+      try {
+        response = await this.#send(req, progress);
+      } catch (e) {
+        if (e instanceof RegistryError && e.status < 500) throw e;
+        if (attempt >= this.#options.retries) throw this.#unreachable(e);
+        await this.#retryWait(attempt, null, progress, String((e as Error).message));
+        continue;
+      }
+      if (response.status === 429) {
+        log.warn("upstream {registry} answered 429 Too Many Requests", {
+          registry: this.registry.name,
+          retryAfter: response.headers.get("retry-after"),
+        });
+      }
+      const retryAfter = retryAfterMs(response.headers.get("retry-after"), Date.now());
+      if (
+        !RETRY_STATUSES.has(response.status) || attempt >= this.#options.retries ||
+        (retryAfter ?? 0) > MAX_RETRY_AFTER_MS
+      ) {
+        return response;
+      }
+      await response.body?.cancel();
+      await this.#retryWait(attempt, retryAfter, progress, `status ${response.status}`);
+    }
+  }
+
+  /** One attempt: authorization, then redirects followed by hand. */
+  async #send(req: UpstreamRequest, progress: Progress): Promise<Response> {
+    const base = this.registry.upstream;
+    let url = new URL(`${base.pathname}${req.path}`, base);
+    if (req.query) url.search = req.query.toString();
+    let authorization = this.auth.cached(req.scope);
+    let answered = false;
+    const controller = new AbortController();
+    const headerTimer = setTimeout(
+      () => controller.abort(new DOMException("upstream sent no headers in time", "TimeoutError")),
+      this.#options.idleTimeoutMs,
+    );
+    try {
+      for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+        const headers = new Headers(req.headers);
+        headers.set("accept-encoding", "identity");
+        if (!headers.has("user-agent")) headers.set("user-agent", this.#options.userAgent);
+        // Credentials go to the upstream itself only, never to a redirect target elsewhere.
+        if (authorization && url.origin === base.origin) {
+          headers.set("authorization", authorization);
+        }
+        const response = await this.#fetch(url, {
+          method: req.method,
+          headers,
+          redirect: "manual",
+          signal: controller.signal,
+        });
+        this.#watchRateLimit(response);
+        const location = response.headers.get("location");
+        if (response.status >= 300 && response.status < 400 && location) {
+          await response.body?.cancel();
+          url = redirectTarget(location, url, this.registry.name);
+          continue;
+        }
+        if (response.status === 401 && !answered && url.origin === base.origin) {
+          answered = true;
+          const next = await this.auth.answer(
+            response.headers.get("www-authenticate"),
+            req.scope,
+            authorization,
+          );
+          if (next !== undefined) {
+            await response.body?.cancel();
+            authorization = next;
+            hop--;
+            continue;
+          }
+        }
+        clearTimeout(headerTimer);
+        return watchIdle(response, controller, this.#options.idleTimeoutMs, progress);
+      }
+      throw new RegistryError("UNAVAILABLE", `upstream ${this.registry.name}: too many redirects`, {
+        status: 502,
+      });
+    } catch (e) {
+      controller.abort();
+      throw e;
+    } finally {
+      clearTimeout(headerTimer);
+    }
+  }
+
+  async #retryWait(
+    attempt: number,
+    retryAfter: number | undefined | null,
+    progress: Progress,
+    reason: string,
+  ): Promise<void> {
+    const backoff = BASE_DELAY_MS * 2 ** attempt;
+    const delay = retryAfter ?? backoff / 2 + Math.random() * backoff / 2;
+    progress.retries++;
+    log.info("retrying upstream {registry} in {delayMs} ms: {reason}", {
+      registry: this.registry.name,
+      delayMs: Math.round(delay),
+      reason,
+      attempt: attempt + 1,
+    });
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+
+  #unreachable(e: unknown): RegistryError {
+    if (e instanceof RegistryError) return e;
+    const timeout = e instanceof DOMException && e.name === "TimeoutError";
+    const what = timeout ? "timed out" : "unreachable";
+    return new RegistryError(
+      "UNAVAILABLE",
+      `upstream ${this.registry.name} (${this.registry.upstream.origin}) ${what}: ${
+        (e as Error).message
+      }`,
+      { status: timeout ? 504 : 502, cause: e },
+    );
+  }
+
+  /** Warns when an upstream (Docker Hub) says the pull allowance is nearly used up. */
+  #watchRateLimit(response: Response): void {
+    const remaining = response.headers.get("ratelimit-remaining");
+    if (remaining === null) return;
+    const left = parseInt(remaining, 10);
+    const limit = parseInt(response.headers.get("ratelimit-limit") ?? "", 10);
+    if (left <= 10 || (limit > 0 && left / limit < 0.1)) {
+      log.warn("upstream {registry} rate limit nearly reached: {remaining} left of {limit}", {
+        registry: this.registry.name,
+        remaining: left,
+        limit: Number.isNaN(limit) ? null : limit,
+      });
+    }
+  }
+}
+
+/** Resolves a redirect's Location; only http(s) targets are followed. */
+function redirectTarget(location: string, from: URL, registry: string): URL {
+  let target: URL | undefined;
+  try {
+    target = new URL(location, from);
+  } catch {
+    target = undefined;
+  }
+  if (!target || (target.protocol !== "http:" && target.protocol !== "https:")) {
+    throw new RegistryError("UNAVAILABLE", `upstream ${registry} redirected to a non-http URL`, {
+      status: 502,
+    });
+  }
+  return target;
+}
+
+/** Milliseconds a Retry-After header asks for (seconds or an HTTP date), if any. */
+export function retryAfterMs(value: string | null, now: number): number | undefined {
+  if (value === null) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+}
+
+/**
+ * Wraps the body so that waiting more than `idleMs` for the next chunk aborts the upstream
+ * request. Time spent while the client is not reading does not count: only pending reads do.
+ */
+function watchIdle(
+  response: Response,
+  controller: AbortController,
+  idleMs: number,
+  progress: Progress,
+): Response {
+  if (!response.body) return response;
+  const reader = response.body.getReader();
+  let waitingSince = 0;
+  const timer = setInterval(() => {
+    if (waitingSince && Date.now() - waitingSince > idleMs) {
+      controller.abort(new DOMException(`upstream idle for ${idleMs} ms`, "TimeoutError"));
+    }
+  }, Math.max(10, Math.min(1000, idleMs / 4)));
+  Deno.unrefTimer(timer);
+  const body = new ReadableStream<Uint8Array>({
+    async pull(out) {
+      waitingSince = Date.now();
+      try {
+        const { done, value } = await reader.read();
+        waitingSince = 0;
+        if (done) {
+          clearInterval(timer);
+          out.close();
+          return;
+        }
+        progress.upstreamBytes += value.byteLength;
+        out.enqueue(value);
+      } catch (e) {
+        clearInterval(timer);
+        progress.error = String((e as Error)?.message ?? e);
+        out.error(e);
+      }
+    },
+    cancel(reason) {
+      clearInterval(timer);
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
