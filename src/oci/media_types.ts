@@ -20,7 +20,8 @@ export const MODERN_MANIFEST_TYPES = [
 /**
  * The union of every Accept value a client sent, deduplicated, in first-seen order. Clients send
  * up to six separate Accept lines (which `Headers` joins with ", ") or one comma-joined line.
- * With none, the full modern list, so no upstream falls back to schema 1.
+ * With none, or with a wildcard (the client takes anything), every modern type is added, so no
+ * upstream falls back to schema 1 or refuses an OCI manifest.
  */
 export function manifestAccept(accept: string | null): string {
   const seen = new Set<string>();
@@ -28,6 +29,7 @@ export function manifestAccept(accept: string | null): string {
     const value = part.trim();
     if (value) seen.add(value);
   }
-  if (seen.size === 0) return MODERN_MANIFEST_TYPES.join(", ");
+  const wildcard = [...seen].some((v) => v.startsWith("*/*") || v.startsWith("application/*"));
+  if (seen.size === 0 || wildcard) { for (const type of MODERN_MANIFEST_TYPES) seen.add(type); }
   return [...seen].join(", ");
 }

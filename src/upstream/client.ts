@@ -71,7 +71,7 @@ export class UpstreamClient {
       } catch (e) {
         if (e instanceof RegistryError && e.status < 500) throw e;
         if (attempt >= this.#options.retries) throw this.#unreachable(e);
-        await this.#retryWait(attempt, null, progress, String((e as Error).message));
+        await this.#retryWait(attempt, null, progress, describeError(e));
         continue;
       }
       if (response.status === 429) {
@@ -95,7 +95,7 @@ export class UpstreamClient {
   /** One attempt: authorization, then redirects followed by hand. */
   async #send(req: UpstreamRequest, progress: Progress): Promise<Response> {
     const base = this.registry.upstream;
-    let url = new URL(`${base.pathname}${req.path}`, base);
+    let url = new URL(`${base.pathname.replace(/\/$/, "")}${req.path}`, base.origin);
     if (req.query) url.search = req.query.toString();
     let authorization = this.auth.cached(req.scope);
     let answered = false;
@@ -179,7 +179,7 @@ export class UpstreamClient {
     return new RegistryError(
       "UNAVAILABLE",
       `upstream ${this.registry.name} (${this.registry.upstream.origin}) ${what}: ${
-        (e as Error).message
+        describeError(e)
       }`,
       { status: timeout ? 504 : 502, cause: e },
     );
@@ -199,6 +199,13 @@ export class UpstreamClient {
       });
     }
   }
+}
+
+/** An error's message with its cause's (fetch says "fetch failed" and puts the reason in cause). */
+function describeError(e: unknown): string {
+  const error = e as Error & { cause?: Error };
+  const cause = error?.cause?.message;
+  return cause ? `${error.message}: ${cause}` : String(error?.message ?? e);
 }
 
 /** Resolves a redirect's Location; only http(s) targets are followed. */
