@@ -282,7 +282,7 @@ Deno.test({
 
       await t.step(
         "Docker Hub blobs: redirect to the CDN followed without Authorization",
-        async () => {
+        () => {
           const cdnBlobGets = cdn.requests.filter((r) => r.path.includes("/blobs/"));
           ok(cdnBlobGets.length > 0, "blobs were redirected to the CDN");
           equal(
@@ -295,7 +295,7 @@ Deno.test({
 
       await t.step(
         "tokens are cached per scope and reused across requests and clients",
-        async () => {
+        () => {
           const helloScope = tokens.requests.filter((r) =>
             r.scopes.includes("repository:library/hello:pull")
           );
