@@ -77,8 +77,9 @@ export class UpstreamAuth {
     if (realm.hostname === upstream || this.#registry.authRealms.includes(realm.hostname)) {
       return true;
     }
-    const domain = getDomain(upstream);
-    return domain !== null && domain === getDomain(realm.hostname);
+    // Private suffixes count (github.io, s3.amazonaws.com): their subdomains are different owners.
+    const domain = getDomain(upstream, { allowPrivateDomains: true });
+    return domain !== null && domain === getDomain(realm.hostname, { allowPrivateDomains: true });
   }
 
   async #bearerToken(

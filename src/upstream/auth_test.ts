@@ -1,0 +1,114 @@
+import { deepEqual, equal } from "node:assert/strict";
+import type { RegistryConfig } from "../config.ts";
+import { UpstreamAuth } from "./auth.ts";
+
+/** A token server stand-in recording each token request (unit level: no network). */
+function tokenServer(
+  body: (n: number) => Record<string, unknown> = (n) => ({ token: `t1-${n}`, expires_in: 60 }),
+) {
+  const calls: { url: URL; authorization: string | null }[] = [];
+  const fetch = (input: URL | RequestInfo, init?: RequestInit) => {
+    const url = new URL(String(input));
+    calls.push({ url, authorization: new Headers(init?.headers).get("authorization") });
+    return Promise.resolve(Response.json(body(calls.length)));
+  };
+  return { calls, fetch: fetch as typeof globalThis.fetch };
+}
+
+function registry(upstream: string, extra: Partial<RegistryConfig> = {}): RegistryConfig {
+  return { name: "r", upstream: new URL(upstream), aliases: [], authRealms: [], ...extra };
+}
+
+const CHALLENGE =
+  'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull"';
+
+Deno.test("auth: a token is fetched once, cached per scope, and sent before being asked", async () => {
+  const server = tokenServer();
+  let now = 0;
+  const auth = new UpstreamAuth(registry("https://registry-1.docker.io"), {
+    fetch: server.fetch,
+    now: () => now,
+    userAgent: "ua",
+  });
+  const scope = "repository:library/ubuntu:pull";
+  equal(auth.cached(scope), undefined);
+  const answers = await Promise.all([1, 2, 3].map(() => auth.answer(CHALLENGE, scope, undefined)));
+  deepEqual(
+    answers,
+    ["Bearer t1-1", "Bearer t1-1", "Bearer t1-1"],
+    "concurrent 401s share a fetch",
+  );
+  equal(server.calls.length, 1);
+  const url = server.calls[0].url;
+  deepEqual([url.searchParams.get("service"), url.searchParams.getAll("scope")], [
+    "registry.docker.io",
+    [scope],
+  ]);
+  equal(auth.cached(scope), "Bearer t1-1");
+  equal(auth.cached("repository:library/other:pull"), undefined);
+  now = 55_000; // past 90% of expires_in: renewed before it can expire on the way
+  equal(auth.cached(scope), undefined);
+  equal(await auth.answer(CHALLENGE, scope, undefined), "Bearer t1-2");
+});
+
+Deno.test("auth: a refused token is not reused; access_token and the 60 s default", async () => {
+  const server = tokenServer((n) => ({ access_token: `a-${n}` }));
+  let now = 0;
+  const auth = new UpstreamAuth(registry("https://quay.io"), {
+    fetch: server.fetch,
+    now: () => now,
+    userAgent: "ua",
+  });
+  const challenge = 'Bearer realm="https://quay.io/v2/auth",service="quay.io"';
+  const first = await auth.answer(challenge, "repository:x/y:pull", undefined);
+  equal(first, "Bearer a-1");
+  equal(await auth.answer(challenge, "repository:x/y:pull", first), "Bearer a-2", "stale skipped");
+  now = 53_000;
+  equal(auth.cached("repository:x/y:pull"), "Bearer a-2");
+  now = 55_000;
+  equal(auth.cached("repository:x/y:pull"), undefined, "expires_in defaults to 60 s");
+});
+
+Deno.test("auth: credentials only go to a trusted realm", async () => {
+  const creds = { username: "u", password: "p" };
+  const cases: [string, string, string[], boolean][] = [
+    ["https://registry-1.docker.io", "https://auth.docker.io/token", [], true],
+    ["https://quay.io", "https://quay.io/v2/auth", [], true],
+    ["https://ghcr.io", "https://ghcr.io/token", [], true],
+    ["https://registry.gitlab.com", "https://gitlab.com/jwt/auth", [], true],
+    ["https://nvcr.io", "https://authn.nvidia.com/token", ["authn.nvidia.com"], true],
+    ["https://nvcr.io", "https://authn.nvidia.com/token", [], false],
+    ["https://quay.io", "https://evil.example.com/token", [], false],
+    ["https://foo.github.io", "https://bar.github.io/token", [], false], // a public suffix
+    ["http://127.0.0.1:5000", "http://127.0.0.1:5011/token", [], true],
+    ["http://127.0.0.1:5000", "http://127.0.0.2/token", [], false],
+  ];
+  for (const [upstream, realm, authRealms, trusted] of cases) {
+    const server = tokenServer();
+    const auth = new UpstreamAuth(registry(upstream, { ...creds, authRealms }), {
+      fetch: server.fetch,
+      now: () => 0,
+      userAgent: "ua",
+    });
+    equal(auth.trusts(new URL(realm)), trusted, `${upstream} -> ${realm}`);
+    await auth.answer(`Bearer realm="${realm}",service="s"`, "repository:a/b:pull", undefined);
+    equal(server.calls[0].authorization !== null, trusted, `${realm}: Basic sent = ${trusted}`);
+  }
+});
+
+Deno.test("auth: Basic challenges are answered only with configured credentials", async () => {
+  const anonymous = new UpstreamAuth(registry("https://r.example.com"), {
+    fetch: tokenServer().fetch,
+    now: () => 0,
+    userAgent: "ua",
+  });
+  equal(await anonymous.answer('Basic realm="r"', undefined, undefined), undefined);
+  const withCreds = new UpstreamAuth(
+    registry("https://r.example.com", { username: "u", password: "p" }),
+    { fetch: tokenServer().fetch, now: () => 0, userAgent: "ua" },
+  );
+  const value = await withCreds.answer('Basic realm="r"', undefined, undefined);
+  equal(value, `Basic ${btoa("u:p")}`);
+  equal(withCreds.cached(undefined), value, "then sent up front");
+  equal(await withCreds.answer('Basic realm="r"', undefined, value), undefined, "refused: no loop");
+});
