@@ -52,6 +52,14 @@ function serve(config: Config): Promise<number> {
       new UpstreamClient(r, { ...config.upstream, userAgent }),
     ]),
   );
+  const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
+  if (withCredentials.length > 0) {
+    log.warn(
+      "upstream credentials are configured for {registries} and clients are not authenticated: " +
+        "every client that can reach this mirror can pull whatever those credentials can read",
+      { registries: withCredentials.map((r) => r.name) },
+    );
+  }
   const server = Deno.serve({
     hostname: config.listen.hostname,
     port: config.listen.port,

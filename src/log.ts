@@ -31,6 +31,11 @@ export interface RequestRecord {
   error?: string;
 }
 
+/** Replaces the query of every URL in `text` (signed CDN URLs carry credentials there). */
+export function redactUrls(text: string): string {
+  return text.replace(/(https?:\/\/[^\s?#)"'<>]+)\?[^\s#)"'<>]*/g, "$1?REDACTED");
+}
+
 /** Sets up logging at `level` (from `MIRROR_LOG_LEVEL`, default info). Throws on an unknown level. */
 export function setupLogging(level = "info"): void {
   const lowestLevel = level === "warn" ? "warning" : level;

@@ -2,7 +2,7 @@
 
 import type { RegistryConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { log } from "../log.ts";
+import { log, redactUrls } from "../log.ts";
 import { UpstreamAuth } from "./auth.ts";
 
 /** Statuses worth another try on an idempotent request. */
@@ -205,7 +205,7 @@ export class UpstreamClient {
 function describeError(e: unknown): string {
   const error = e as Error & { cause?: Error };
   const cause = error?.cause?.message;
-  return cause ? `${error.message}: ${cause}` : String(error?.message ?? e);
+  return redactUrls(cause ? `${error.message}: ${cause}` : String(error?.message ?? e));
 }
 
 /** Resolves a redirect's Location; only http(s) targets are followed. */
