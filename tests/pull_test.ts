@@ -332,7 +332,7 @@ Deno.test({
           ["GET", "quay.io", "org/app", "1", 200, 200],
         );
         ok(typeof p.durationMs === "number" && typeof p.bytes === "number");
-        const warning = mirror.logs().find((l) => l.level === "WARNING");
+        const warning = mirror.logs().find((l) => l.level === "WARN");
         ok(
           String(warning?.message).includes("upstream credentials are configured"),
           "loud warning",
