@@ -5,6 +5,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
 import { createApp } from "./src/app.ts";
+import { Cache } from "./src/cache/cache.ts";
 import { type Config, ConfigError, loadConfig } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
 import { UpstreamClient } from "./src/upstream/client.ts";
@@ -41,10 +42,11 @@ async function main(args: string[]): Promise<number> {
     console.error(`registry-mirror: ${e.message}`);
     return 1;
   }
-  return command === "healthcheck" ? await healthcheck(config) : serve(config);
+  return command === "healthcheck" ? await healthcheck(config) : await serve(config);
 }
 
-function serve(config: Config): Promise<number> {
+async function serve(config: Config): Promise<number> {
+  const cache = await Cache.open(config.cache);
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
     [...config.registries.values()].map((r) => [
@@ -74,14 +76,16 @@ function serve(config: Config): Promise<number> {
       log.error("unhandled error: {error}", { error: (e as Error)?.stack ?? String(e) });
       return new Response("internal error", { status: 500 });
     },
-  }, createApp({ config, clients }));
+  }, createApp({ config, clients, cache }));
   const stop = () => {
     log.info("shutting down");
     server.shutdown();
   };
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
-  return server.finished.then(() => 0);
+  await server.finished;
+  await cache.eviction.close();
+  return 0;
 }
 
 /** Exit 0 when the mirror on this machine answers `GET /v2/`, for a shell-less HEALTHCHECK. */

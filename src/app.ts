@@ -1,5 +1,6 @@
 // The request handler given to Deno.serve: route, dispatch to a handler, map errors, log one line.
 
+import type { Cache } from "./cache/cache.ts";
 import type { Config } from "./config.ts";
 import { handleBlob } from "./handlers/blob.ts";
 import type { HandlerContext } from "./handlers/context.ts";
@@ -14,6 +15,9 @@ import type { UpstreamClient } from "./upstream/client.ts";
 export interface AppDeps {
   config: Config;
   clients: Map<string, UpstreamClient>;
+  cache: Cache;
+  /** Clock, ms since the epoch (default Date.now). */
+  now?: () => number;
 }
 
 /** Deno.serve's per-request info; `completed` settles when the response is fully sent. */
@@ -36,18 +40,28 @@ export function createApp(
       upstreamBytes: 0,
       retries: 0,
     };
+    const deferred: (() => void)[] = [];
+    const ctx: HandlerContext = {
+      config: deps.config,
+      upstream,
+      cache: deps.cache,
+      now: deps.now ?? Date.now,
+      record,
+      defer: (fn) => deferred.push(fn),
+    };
     let response: Response;
     try {
       const decided = route(request, deps.config);
       if (decided instanceof RegistryError) throw decided;
       describe(decided, record);
-      response = await dispatch(decided, request, { config: deps.config, upstream, record });
+      response = await dispatch(decided, request, ctx);
     } catch (e) {
       response = errorResponse(e, request.method, record);
     }
     record.status = response.status;
     const length = response.headers.get("content-length");
     const done = () => {
+      for (const fn of deferred) fn();
       record.bytes = length !== null ? Number(length) : record.upstreamBytes;
       logRequest(record, performance.now() - started);
     };

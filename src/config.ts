@@ -1,6 +1,6 @@
 // Config type, the built-in registry table, and loading + validation of the JSON config file.
 
-import { parseDuration } from "./duration.ts";
+import { parseDuration, parseSize } from "./units.ts";
 
 /** One upstream registry the mirror serves. */
 export interface RegistryConfig {
@@ -24,7 +24,13 @@ export interface Config {
   aliases: Map<string, string>;
   /** Host header (lowercase, with or without port) -> registry name. */
   hosts: Map<string, string>;
-  cache: { dir: string };
+  cache: {
+    dir: string;
+    /** How long a tag's digest is trusted before it is revalidated upstream. */
+    tagTtlMs: number;
+    /** Cache size above which least-recently-used objects are evicted; undefined: no limit. */
+    maxSizeBytes?: number;
+  };
   upstream: { idleTimeoutMs: number; retries: number };
 }
 
@@ -218,8 +224,18 @@ function parseHosts(raw: unknown, registries: Map<string, RegistryConfig>): Map<
 }
 
 function parseCache(raw: unknown): Config["cache"] {
-  const cache = raw === undefined ? {} : objectAt(raw, "cache", ["dir"]);
-  return { dir: stringAt(cache.dir, "cache.dir") ?? "./data" };
+  const cache = raw === undefined ? {} : objectAt(raw, "cache", ["dir", "tagTtl", "maxSize"]);
+  const ttlText = stringAt(cache.tagTtl, "cache.tagTtl") ?? "5m";
+  const tagTtlMs = parseDuration(ttlText);
+  if (tagTtlMs === undefined) {
+    throw new ConfigError(`config: cache.tagTtl: expected a duration like "5m", got "${ttlText}"`);
+  }
+  const sizeText = stringAt(cache.maxSize, "cache.maxSize");
+  const maxSizeBytes = sizeText === undefined ? undefined : parseSize(sizeText);
+  if (sizeText !== undefined && !maxSizeBytes) {
+    throw new ConfigError(`config: cache.maxSize: expected a size like "50GiB", got "${sizeText}"`);
+  }
+  return { dir: stringAt(cache.dir, "cache.dir") ?? "./data", tagTtlMs, maxSizeBytes };
 }
 
 function parseUpstream(raw: unknown): Config["upstream"] {

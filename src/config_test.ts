@@ -17,7 +17,7 @@ Deno.test("config: no file serves the nine registries on 0.0.0.0:8080", () => {
   equal(config.aliases.get("k8s"), "registry.k8s.io");
   equal(config.registries.get("nvcr.io")!.authRealms[0], "authn.nvidia.com");
   deepEqual(config.upstream, { idleTimeoutMs: 60_000, retries: 3 });
-  equal(config.cache.dir, "./data");
+  deepEqual(config.cache, { dir: "./data", tagTtlMs: 300_000, maxSizeBytes: undefined });
 });
 
 Deno.test("config: entries merge over defaults, add and remove registries", () => {
@@ -31,7 +31,9 @@ Deno.test("config: entries merge over defaults, add and remove registries", () =
     },
     hosts: { "ex.mirror.local": "registry.example.com" },
     upstream: { idleTimeout: "2s", retries: 0 },
+    cache: { dir: "/var/cache/m", tagTtl: "30s", maxSize: "50GiB" },
   }, sources());
+  deepEqual(config.cache, { dir: "/var/cache/m", tagTtlMs: 30_000, maxSizeBytes: 50 * 2 ** 30 });
   const hub = config.registries.get("docker.io")!;
   deepEqual([hub.upstream.href, hub.aliases], ["http://127.0.0.1:5000/", ["docker"]]);
   equal(config.registries.has("quay.io"), false);
@@ -106,6 +108,8 @@ const BAD: [unknown, string][] = [
   [{ registries: { "quay.io": true } }, "registries.quay.io: expected an object, got true"],
   [{ hosts: { "q.local": "quay.iox" } }, 'hosts.q.local: unknown registry "quay.iox"'],
   [{ cache: { dir: "./d", size: 1 } }, "cache.size: unknown key"],
+  [{ cache: { tagTtl: "5 min" } }, 'cache.tagTtl: expected a duration like "5m", got "5 min"'],
+  [{ cache: { maxSize: "lots" } }, 'cache.maxSize: expected a size like "50GiB", got "lots"'],
   [
     { upstream: { idleTimeout: "soon" } },
     'upstream.idleTimeout: expected a duration like "60s", got "soon"',

@@ -24,6 +24,8 @@ export interface RequestRecord {
   /** Body bytes of the response (its Content-Length, else what streamed from upstream). */
   bytes?: number;
   upstreamStatus?: number;
+  /** X-Cache: HIT, MISS or STALE. */
+  cache?: string;
   /** Body bytes read from upstream. */
   upstreamBytes: number;
   /** Upstream retries made. */

@@ -1,43 +1,150 @@
-// GET/HEAD /v2/<name>/blobs/<digest>: stream from upstream (redirects followed), Range passed through.
+// GET/HEAD /v2/<name>/blobs/<digest>: from the cache, or from the one upstream fill of that digest.
 
+import type { Fill } from "../cache/fill.ts";
+import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
-import { forwardedHeaders, type HandlerContext, pullScope, registryHeaders } from "./context.ts";
+import { confirmLink } from "./confirm.ts";
+import {
+  cacheStatus,
+  forwardedHeaders,
+  type HandlerContext,
+  pullScope,
+  registryHeaders,
+} from "./context.ts";
+import { type ByteRange, parseRange } from "./range.ts";
 
 type BlobRoute = Extract<Route, { kind: "blob" }>;
 
-/** One byte range, the only form registries and their clients use. */
-const SINGLE_RANGE = /^bytes=\d+-\d*$/;
-
-/** Streams a blob from upstream without holding it: the body moves chunk by chunk. */
+/**
+ * A cached blob is served from disk (Range, HEAD) without upstream contact. A miss joins the fill
+ * of that digest, or starts it: clients get bytes as they arrive, each at its own pace.
+ */
 export async function handleBlob(
   route: BlobRoute,
   request: Request,
   ctx: HandlerContext,
 ): Promise<Response> {
+  const { cache } = ctx;
+  const link = { registry: route.registry, name: route.name, kind: "blobs", digest: route.digest };
+  const inflight = cache.fills.get(route.digest);
+  if (!inflight) {
+    const stored = await cache.store.statBlob(route.digest);
+    if (stored) {
+      await confirmLink(ctx, request, { ...link, kind: "blobs" });
+      return await serveStored(route, request, ctx, stored.size);
+    }
+  }
+  if (route.method === "HEAD") {
+    return await headUpstream(route, request, ctx);
+  }
+  let pending = inflight ?? cache.fills.get(route.digest);
+  if (pending) {
+    cache.fills.stats.coalesced++;
+  } else {
+    const origin = { registry: route.registry, repository: route.name };
+    pending = cache.fills.begin(
+      route.digest,
+      origin,
+      (offset) => openUpstream(route, request, ctx, offset),
+    );
+  }
+  const fill = await pending;
+  if (fill.origin.registry !== route.registry || fill.origin.repository !== route.name) {
+    await confirmLink(ctx, request, { ...link, kind: "blobs" });
+  } else {
+    await cache.store.addLink(route.registry, route.name, route.digest);
+  }
+  return serveFill(fill, request, ctx);
+}
+
+async function serveStored(
+  route: BlobRoute,
+  request: Request,
+  ctx: HandlerContext,
+  size: number,
+): Promise<Response> {
+  const range = parseRange(request.headers.get("range"), size);
+  if (range === "unsatisfiable") throw unsatisfiable(size);
+  const headers = cacheStatus(ctx, "HIT", blobHeaders(route.digest, size, range));
+  ctx.cache.eviction.touched("blob", route.digest);
+  if (route.method === "HEAD") return new Response(null, { headers });
+  ctx.defer(ctx.cache.eviction.pin("blob", route.digest));
+  const body = await ctx.cache.store.readBlob(route.digest, range?.start, range?.end);
+  return new Response(body, { status: range ? 206 : 200, headers });
+}
+
+function serveFill(fill: Fill, request: Request, ctx: HandlerContext): Response {
+  // Without a known size a range cannot be placed yet: the whole blob is sent.
+  const range = fill.size === undefined
+    ? undefined
+    : parseRange(request.headers.get("range"), fill.size);
+  if (range === "unsatisfiable") throw unsatisfiable(fill.size!);
+  const headers = cacheStatus(ctx, "MISS", blobHeaders(fill.digest, fill.size, range));
+  const release = ctx.cache.eviction.pin("blob", fill.digest);
+  const body = fill.follow(range?.start ?? 0, range?.end, release);
+  return new Response(body, { status: range ? 206 : 200, headers });
+}
+
+/** The upstream blob from `offset` (a Range request when resuming), with auth and redirects. */
+async function openUpstream(
+  route: BlobRoute,
+  request: Request,
+  ctx: HandlerContext,
+  offset: number,
+): Promise<Response> {
   const headers = forwardedHeaders(request);
-  const range = request.headers.get("range")?.replace(/\s/g, "");
-  if (range && SINGLE_RANGE.test(range)) headers.range = range;
+  if (offset > 0) headers.range = `bytes=${offset}-`;
   const response = await ctx.upstream(route.registry).request({
-    method: route.method,
+    method: "GET",
     path: `/v2/${route.name}/blobs/${route.digest}`,
     headers,
     scope: pullScope(route.name),
+  }, { upstreamBytes: 0, retries: 0 });
+  if (offset === 0) {
+    ctx.record.upstreamStatus = response.status;
+    if (response.status !== 200) throw await upstreamError(response, route.registry, "blob");
+  }
+  return response;
+}
+
+/** HEAD of a blob not cached: asked upstream, nothing fetched. */
+async function headUpstream(
+  route: BlobRoute,
+  request: Request,
+  ctx: HandlerContext,
+): Promise<Response> {
+  const response = await ctx.upstream(route.registry).request({
+    method: "HEAD",
+    path: `/v2/${route.name}/blobs/${route.digest}`,
+    headers: forwardedHeaders(request),
+    scope: pullScope(route.name),
   }, ctx.record);
   ctx.record.upstreamStatus = response.status;
-  if (response.status !== 200 && response.status !== 206) {
-    throw await upstreamError(response, route.registry, "blob");
-  }
-  const out = registryHeaders({
-    "content-type": "application/octet-stream",
-    "docker-content-digest": route.digest,
-    "accept-ranges": "bytes",
-    etag: `"${route.digest}"`,
-  });
-  // Deno's fetch decompresses a compressed body, so its Content-Length no longer applies.
+  if (response.status !== 200) throw await upstreamError(response, route.registry, "blob");
   const length = response.headers.get("content-length");
-  if (length && !response.headers.has("content-encoding")) out.set("content-length", length);
-  const contentRange = response.headers.get("content-range");
-  if (contentRange) out.set("content-range", contentRange);
-  return new Response(response.body, { status: response.status, headers: out });
+  const headers = blobHeaders(route.digest, length === null ? undefined : Number(length));
+  return new Response(null, { headers: cacheStatus(ctx, "MISS", headers) });
+}
+
+function blobHeaders(digest: string, size: number | undefined, range?: ByteRange): Headers {
+  const headers = registryHeaders({
+    "content-type": "application/octet-stream",
+    "docker-content-digest": digest,
+    "accept-ranges": "bytes",
+    etag: `"${digest}"`,
+  });
+  if (range) {
+    headers.set("content-range", `bytes ${range.start}-${range.end - 1}/${size}`);
+    headers.set("content-length", String(range.end - range.start));
+  } else if (size !== undefined) {
+    headers.set("content-length", String(size));
+  }
+  return headers;
+}
+
+function unsatisfiable(size: number): RegistryError {
+  return new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, {
+    headers: { "content-range": `bytes */${size}` },
+  });
 }

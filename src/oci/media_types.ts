@@ -33,3 +33,10 @@ export function manifestAccept(accept: string | null): string {
   if (seen.size === 0 || wildcard) { for (const type of MODERN_MANIFEST_TYPES) seen.add(type); }
   return [...seen].join(", ");
 }
+
+/** True when a client's Accept (absent: anything) takes a manifest of `mediaType`. */
+export function accepts(accept: string | null, mediaType: string): boolean {
+  const values = (accept ?? "").split(",").map((v) => v.split(";")[0].trim()).filter(Boolean);
+  return values.length === 0 ||
+    values.some((v) => v === mediaType || v === "*/*" || v === "application/*");
+}

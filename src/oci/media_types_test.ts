@@ -1,5 +1,11 @@
 import { equal } from "node:assert/strict";
-import { manifestAccept, MODERN_MANIFEST_TYPES } from "./media_types.ts";
+import {
+  accepts,
+  manifestAccept,
+  MODERN_MANIFEST_TYPES,
+  OCI_INDEX,
+  OCI_MANIFEST,
+} from "./media_types.ts";
 
 Deno.test("manifestAccept: union of repeated Accept lines, deduplicated; full list when none or a wildcard", () => {
   const joined = new Headers([
@@ -23,4 +29,11 @@ Deno.test("manifestAccept: union of repeated Accept lines, deduplicated; full li
   );
   equal(manifestAccept(null), MODERN_MANIFEST_TYPES.join(", "));
   equal(manifestAccept(" , "), MODERN_MANIFEST_TYPES.join(", "));
+});
+
+Deno.test("accepts: a cached manifest is served only to clients that take its type", () => {
+  equal(accepts(null, OCI_INDEX), true);
+  equal(accepts(`${OCI_MANIFEST}, */*`, OCI_INDEX), true);
+  equal(accepts(`${OCI_MANIFEST};q=0.9`, OCI_MANIFEST), true);
+  equal(accepts(OCI_MANIFEST, OCI_INDEX), false);
 });
