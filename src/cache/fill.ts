@@ -69,7 +69,8 @@ export class Fill {
 
   /**
    * A stream of bytes [start, end) that follows the fill as it grows. It ends with an error (so
-   * the client's connection is cut and it retries) when the fill fails, never with a short body.
+   * the client's connection is cut and it retries) when the fill fails, never with a short or
+   * unverified body.
    */
   follow(start: number, end: number | undefined, release: () => void): ReadableStream<Uint8Array> {
     let file: Deno.FsFile | undefined;
@@ -82,17 +83,30 @@ export class Fill {
     return new ReadableStream<Uint8Array>({
       pull: async (out) => {
         try {
-          while (pos >= this.written && !this.settled) await this.#changed();
-          if (this.error) throw this.error;
-          const stop = Math.min(end ?? Infinity, this.written);
-          if (pos >= stop) {
-            done();
-            return out.close();
+          let available: number;
+          for (;;) {
+            if (this.error) throw this.error;
+            if (end !== undefined && pos >= end) {
+              done();
+              return out.close();
+            }
+            // The last byte waits for verification: with a Content-Length, a client takes the
+            // body as complete once it has every byte, so a bad blob must end before that.
+            available = this.settled
+              ? this.written
+              : Math.min(this.written, (this.size ?? Infinity) - 1);
+            if (pos < available) break;
+            if (this.settled) {
+              done();
+              return out.close();
+            }
+            await this.#changed();
           }
           if (!file) {
             file = await this.#store.openFill(this.#spoolPath, this.digest);
             if (pos > 0) await file.seek(pos, Deno.SeekMode.Start);
           }
+          const stop = Math.min(end ?? Infinity, available);
           const buffer = new Uint8Array(Math.min(READ_CHUNK, stop - pos));
           const n = await file.read(buffer);
           if (n === null) throw new Error(`spool of ${this.digest} ended early`);
