@@ -8,6 +8,7 @@ import { createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
 import { type Config, ConfigError, loadConfig } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
+import { MirrorMetrics } from "./src/metrics.ts";
 import { UpstreamClient } from "./src/upstream/client.ts";
 
 const USAGE = `registry-mirror ${meta.version}: a pull-through cache for container registries
@@ -47,13 +48,29 @@ async function main(args: string[]): Promise<number> {
 
 async function serve(config: Config): Promise<number> {
   const cache = await Cache.open(config.cache);
+  const metrics = new MirrorMetrics();
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
     [...config.registries.values()].map((r) => [
       r.name,
-      new UpstreamClient(r, { ...config.upstream, userAgent }),
+      new UpstreamClient(r, { ...config.upstream, userAgent, metrics }),
     ]),
   );
+  metrics.collect(() => {
+    const { objects, bytes, evictions } = cache.eviction.stats();
+    metrics.cacheObjects.set({}, objects);
+    metrics.cacheSize.set({}, bytes);
+    if (config.cache.maxSizeBytes) metrics.cacheMaxSize.set({}, config.cache.maxSizeBytes);
+    metrics.evictions.set({}, evictions);
+    const fills = cache.fills.stats;
+    metrics.fillsInFlight.set({}, cache.fills.active);
+    metrics.coalesced.set({}, fills.coalesced);
+    metrics.fillResumes.set({}, fills.resumes);
+    metrics.digestMismatches.set({}, fills.digestMismatches);
+    for (const [name, client] of clients) {
+      metrics.tokenFetches.set({ registry: name }, client.auth.tokenFetches);
+    }
+  });
   const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
   if (withCredentials.length > 0) {
     log.warn(
@@ -76,7 +93,7 @@ async function serve(config: Config): Promise<number> {
       log.error("unhandled error: {error}", { error: (e as Error)?.stack ?? String(e) });
       return new Response("internal error", { status: 500 });
     },
-  }, createApp({ config, clients, cache }));
+  }, createApp({ config, clients, cache, metrics }));
   const stop = () => {
     log.info("shutting down");
     server.shutdown();

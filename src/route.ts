@@ -15,6 +15,7 @@ export interface Target {
 /** The decision `route()` makes for one request. */
 export type Route =
   | { kind: "base" }
+  | { kind: "ops"; endpoint: OpsEndpoint }
   | Target & { kind: "manifest"; method: "GET" | "HEAD"; reference: string }
   | Target & { kind: "blob"; method: "GET" | "HEAD"; digest: string }
   | Target & {
@@ -28,6 +29,16 @@ export type Route =
   }
   | Target & { kind: "referrers"; digest: string; artifactType?: string };
 
+/** The operator's endpoints, outside `/v2/`: a registry client never asks for them. */
+export type OpsEndpoint = "dashboard" | "stats" | "metrics" | "healthz" | "readyz";
+const OPS_PATHS: Record<string, OpsEndpoint> = {
+  "/": "dashboard",
+  "/api/stats": "stats",
+  "/metrics": "metrics",
+  "/healthz": "healthz",
+  "/readyz": "readyz",
+};
+
 const DOCKER_HUB = "docker.io";
 const MEDIA_TYPE = /^[a-zA-Z0-9][\w.+-]*\/[\w.+-]+$/;
 
@@ -38,6 +49,10 @@ const MEDIA_TYPE = /^[a-zA-Z0-9][\w.+-]*\/[\w.+-]+$/;
  */
 export function route(request: Request, config: Config): Route | RegistryError {
   const url = new URL(request.url);
+  const endpoint = OPS_PATHS[url.pathname];
+  if (endpoint && (request.method === "GET" || request.method === "HEAD")) {
+    return { kind: "ops", endpoint };
+  }
   const m = /^(?:\/([^/]+))?\/v2(?:\/(.*))?$/.exec(url.pathname);
   if (!m) {
     return new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });

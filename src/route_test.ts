@@ -121,7 +121,7 @@ const TABLE: [string, string, string, string, string][] = [
 Deno.test("route: every routing form picks the right registry, name and reference", () => {
   for (const [path, registry, name, ref, kind] of TABLE) {
     const got = routed(kind as Route["kind"], path);
-    if (got.kind === "base") throw new Error(path);
+    if (got.kind === "base" || got.kind === "ops") throw new Error(path);
     deepEqual([got.registry, got.name], [registry, name], path);
     if (got.kind === "manifest") equal(got.reference, ref, path);
     if (got.kind === "blob" || got.kind === "referrers") equal(got.digest, ref, path);
@@ -146,6 +146,19 @@ Deno.test("route: the ping in every form", () => {
     deepEqual(r(path), { kind: "base" }, path);
   }
   deepEqual(r("/v2/", { method: "HEAD" }), { kind: "base" });
+});
+
+Deno.test("route: the operator's endpoints sit outside /v2/", () => {
+  const cases: [string, string][] = [
+    ["/", "dashboard"],
+    ["/api/stats", "stats"],
+    ["/metrics", "metrics"],
+    ["/healthz", "healthz"],
+    ["/readyz", "readyz"],
+  ];
+  for (const [path, endpoint] of cases) deepEqual(r(path), { kind: "ops", endpoint }, path);
+  const write = r("/metrics", { method: "POST" });
+  ok(write instanceof RegistryError && write.status === 404);
 });
 
 Deno.test("route: HEAD keeps its method; tags keep pagination and the client's path", () => {
@@ -193,7 +206,7 @@ const ERRORS: [string, string, number, string, string][] = [
   ["GET", "/v2/library/ubuntu/blobs/uploads/abc", 405, "UNSUPPORTED", "uploads"],
   ["GET", "/v2/library/ubuntu/tags/other", 404, "UNSUPPORTED", "no such endpoint"],
   ["GET", "/v2/manifests/latest", 404, "UNSUPPORTED", "no such endpoint"],
-  ["GET", "/", 404, "UNSUPPORTED", "no such endpoint"],
+  ["GET", "/index.html", 404, "UNSUPPORTED", "no such endpoint"],
   ["GET", "/a/b/v2/x/manifests/latest", 404, "UNSUPPORTED", "no such endpoint"],
 ];
 

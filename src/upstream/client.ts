@@ -3,6 +3,7 @@
 import type { RegistryConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { log, redactUrls } from "../log.ts";
+import type { MirrorMetrics } from "../metrics.ts";
 import { UpstreamAuth } from "./auth.ts";
 
 /** Statuses worth another try on an idempotent request. */
@@ -38,6 +39,7 @@ export interface ClientOptions {
   retries: number;
   userAgent: string;
   fetch?: typeof fetch;
+  metrics?: MirrorMetrics;
 }
 
 /** Talks to one upstream registry. */
@@ -70,6 +72,7 @@ export class UpstreamClient {
         response = await this.#send(req, progress);
       } catch (e) {
         if (e instanceof RegistryError && e.status < 500) throw e;
+        this.#failed(0, describeError(e));
         if (attempt >= this.#options.retries) throw this.#unreachable(e);
         await this.#retryWait(attempt, null, progress, describeError(e));
         continue;
@@ -79,6 +82,9 @@ export class UpstreamClient {
           registry: this.registry.name,
           retryAfter: response.headers.get("retry-after"),
         });
+      }
+      if (response.status >= 500 || response.status === 429) {
+        this.#failed(response.status, `${req.method} ${req.path} answered ${response.status}`);
       }
       const retryAfter = retryAfterMs(response.headers.get("retry-after"), Date.now());
       if (
@@ -113,12 +119,16 @@ export class UpstreamClient {
         if (authorization && url.origin === base.origin) {
           headers.set("authorization", authorization);
         }
+        const sent = performance.now();
         const response = await this.#fetch(url, {
           method: req.method,
           headers,
           redirect: "manual",
           signal: controller.signal,
         });
+        const labels = { registry: this.registry.name };
+        this.#options.metrics?.upstreamLatency.observe(labels, (performance.now() - sent) / 1000);
+        this.#options.metrics?.upstreamRequests.inc({ ...labels, status: String(response.status) });
         this.#watchRateLimit(response);
         const location = response.headers.get("location");
         if (response.status >= 300 && response.status < 400 && location) {
@@ -141,7 +151,9 @@ export class UpstreamClient {
           }
         }
         clearTimeout(headerTimer);
-        return watchIdle(response, controller, this.#options.idleTimeoutMs, progress);
+        return watchIdle(response, controller, this.#options.idleTimeoutMs, progress, (bytes) => {
+          this.#options.metrics?.upstreamBytes.inc({ registry: this.registry.name }, bytes);
+        });
       }
       throw new RegistryError("UNAVAILABLE", `upstream ${this.registry.name}: too many redirects`, {
         status: 502,
@@ -185,12 +197,23 @@ export class UpstreamClient {
     );
   }
 
+  /** Counts a failed attempt (status 0: no answer) for metrics and the dashboard. */
+  #failed(status: number, message: string): void {
+    const metrics = this.#options.metrics;
+    if (!metrics) return;
+    if (status === 0) metrics.upstreamRequests.inc({ registry: this.registry.name, status: "0" });
+    metrics.upstreamFailed({ registry: this.registry.name, status, message });
+  }
+
   /** Warns when an upstream (Docker Hub) says the pull allowance is nearly used up. */
   #watchRateLimit(response: Response): void {
     const remaining = response.headers.get("ratelimit-remaining");
     if (remaining === null) return;
     const left = parseInt(remaining, 10);
     const limit = parseInt(response.headers.get("ratelimit-limit") ?? "", 10);
+    if (!Number.isNaN(left)) {
+      this.#options.metrics?.rateLimitRemaining.set({ registry: this.registry.name }, left);
+    }
     if (left <= 10 || (limit > 0 && left / limit < 0.1)) {
       log.warn("upstream {registry} rate limit nearly reached: {remaining} left of {limit}", {
         registry: this.registry.name,
@@ -241,10 +264,17 @@ function watchIdle(
   controller: AbortController,
   idleMs: number,
   progress: Progress,
+  onEnd: (bytes: number) => void,
 ): Response {
-  if (!response.body) return response;
+  if (!response.body || [204, 205, 304].includes(response.status)) return response;
   const reader = response.body.getReader();
   let waitingSince = 0;
+  let bytes = 0;
+  const end = () => {
+    clearInterval(timer);
+    onEnd(bytes);
+    bytes = 0;
+  };
   const timer = setInterval(() => {
     if (waitingSince && Date.now() - waitingSince > idleMs) {
       controller.abort(new DOMException(`upstream idle for ${idleMs} ms`, "TimeoutError"));
@@ -258,20 +288,21 @@ function watchIdle(
         const { done, value } = await reader.read();
         waitingSince = 0;
         if (done) {
-          clearInterval(timer);
+          end();
           out.close();
           return;
         }
+        bytes += value.byteLength;
         progress.upstreamBytes += value.byteLength;
         out.enqueue(value);
       } catch (e) {
-        clearInterval(timer);
+        end();
         progress.error = String((e as Error)?.message ?? e);
         out.error(e);
       }
     },
     cancel(reason) {
-      clearInterval(timer);
+      end();
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
