@@ -6,34 +6,53 @@ import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
 import { createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
-import { type Config, ConfigError, loadConfig } from "./src/config.ts";
+import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
+import { prefetch } from "./src/cli/prefetch.ts";
+import { type Config, ConfigError, describeConfig, loadConfig } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
 import { MirrorMetrics } from "./src/metrics.ts";
+import { parseDuration, parseSize } from "./src/units.ts";
 import { UpstreamClient } from "./src/upstream/client.ts";
 
 const USAGE = `registry-mirror ${meta.version}: a pull-through cache for container registries
 
-usage: registry-mirror [serve] [--config FILE]
-       registry-mirror healthcheck [--config FILE]
+usage: registry-mirror [serve]                 serve the mirror (the default)
+       registry-mirror prefetch IMAGE...       warm the cache with every platform of each image
+       registry-mirror cache ls|du             list cached tags | show the cache's size
+       registry-mirror cache gc [--max-size S] evict least-recently-used objects down to S
+       registry-mirror config check            validate; print the effective config, secrets masked
+       registry-mirror healthcheck             exit 0 when the local mirror answers /v2/
 
-  --config FILE   JSON config file (or env MIRROR_CONFIG); without one, nine registries are served
-env: MIRROR_LISTEN, MIRROR_CONFIG, MIRROR_LOG_LEVEL, DOCKER_HUB_USERNAME, DOCKER_HUB_PASSWORD`;
+options: --config FILE (or env MIRROR_CONFIG); without one, nine registries are served
+env: MIRROR_LISTEN, MIRROR_CONFIG, MIRROR_LOG_LEVEL, MIRROR_SHUTDOWN_GRACE, DOCKER_HUB_USERNAME,
+     DOCKER_HUB_PASSWORD`;
+
+/** How long in-flight responses may take to finish after SIGTERM (env MIRROR_SHUTDOWN_GRACE). */
+const DEFAULT_SHUTDOWN_GRACE = "30s";
 
 async function main(args: string[]): Promise<number> {
   if (existsSync(".env")) process.loadEnvFile(".env");
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { config: { type: "string" }, help: { type: "boolean", short: "h" } },
+    options: {
+      config: { type: "string" },
+      "max-size": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
   });
-  const command = positionals[0] ?? "serve";
-  if (values.help || !["serve", "healthcheck"].includes(command) || positionals.length > 1) {
+  const [command = "serve", sub, ...rest] = positionals;
+  const known = command === "serve" || command === "healthcheck" || command === "prefetch" ||
+    (command === "cache" && ["ls", "du", "gc"].includes(sub)) ||
+    (command === "config" && sub === "check");
+  if (values.help || !known || (command === "prefetch" && !sub)) {
     console.log(USAGE);
     return values.help ? 0 : 2;
   }
   let config: Config;
   try {
-    setupLogging(Deno.env.get("MIRROR_LOG_LEVEL"));
+    // Commands print their own output: their log shows only warnings unless asked for more.
+    setupLogging(Deno.env.get("MIRROR_LOG_LEVEL") ?? (command === "serve" ? "info" : "warning"));
     config = loadConfig(values.config ?? Deno.env.get("MIRROR_CONFIG"), {
       env: Deno.env.toObject(),
       readTextFile: Deno.readTextFileSync,
@@ -43,12 +62,41 @@ async function main(args: string[]): Promise<number> {
     console.error(`registry-mirror: ${e.message}`);
     return 1;
   }
-  return command === "healthcheck" ? await healthcheck(config) : await serve(config);
+  const print = (line: string) => console.log(line);
+  switch (command) {
+    case "healthcheck":
+      return await healthcheck(config);
+    case "config":
+      print(JSON.stringify(describeConfig(config), null, 2));
+      return 0;
+    case "serve":
+      return await serve(config);
+  }
+  const cache = await Cache.open(config.cache);
+  try {
+    if (command === "prefetch") {
+      const totals = await prefetch(wire(config, cache), [sub, ...rest], print);
+      return totals.failed.length ? 1 : 0;
+    }
+    if (sub === "ls") await cacheLs(cache, print);
+    if (sub === "du") await cacheDu(cache, print);
+    if (sub === "gc") {
+      const text = values["max-size"];
+      const maxSize = text === undefined ? config.cache.maxSizeBytes : parseSize(text);
+      if (maxSize === undefined) {
+        console.error("registry-mirror: cache gc needs --max-size SIZE or cache.maxSize");
+        return 2;
+      }
+      await cacheGc(cache, maxSize, print);
+    }
+    return 0;
+  } finally {
+    await cache.eviction.close();
+  }
 }
 
-async function serve(config: Config): Promise<number> {
-  const cache = await Cache.open(config.cache);
-  const metrics = new MirrorMetrics();
+/** The mirror's request handler with its upstream clients and metrics. */
+function wire(config: Config, cache: Cache, metrics = new MirrorMetrics()) {
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
     [...config.registries.values()].map((r) => [
@@ -71,6 +119,19 @@ async function serve(config: Config): Promise<number> {
       metrics.tokenFetches.set({ registry: name }, client.auth.tokenFetches);
     }
   });
+  return createApp({ config, clients, cache, metrics });
+}
+
+async function serve(config: Config): Promise<number> {
+  const graceText = Deno.env.get("MIRROR_SHUTDOWN_GRACE") ?? DEFAULT_SHUTDOWN_GRACE;
+  const graceMs = parseDuration(graceText);
+  if (graceMs === undefined) {
+    console.error(
+      `registry-mirror: MIRROR_SHUTDOWN_GRACE: expected a duration, got "${graceText}"`,
+    );
+    return 1;
+  }
+  const cache = await Cache.open(config.cache);
   const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
   if (withCredentials.length > 0) {
     log.warn(
@@ -93,15 +154,24 @@ async function serve(config: Config): Promise<number> {
       log.error("unhandled error: {error}", { error: (e as Error)?.stack ?? String(e) });
       return new Response("internal error", { status: 500 });
     },
-  }, createApp({ config, clients, cache, metrics }));
+  }, wire(config, cache));
+  let stopping = false;
   const stop = () => {
-    log.info("shutting down");
+    if (stopping) return;
+    stopping = true;
+    log.info("shutting down: waiting up to {graceMs} ms for in-flight responses", { graceMs });
     server.shutdown();
+    const timer = setTimeout(() => {
+      log.warn("in-flight responses still running after {graceMs} ms: exiting", { graceMs });
+      Deno.exit(0);
+    }, graceMs);
+    Deno.unrefTimer(timer);
   };
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
   await server.finished;
   await cache.eviction.close();
+  log.info("stopped");
   return 0;
 }
 

@@ -294,3 +294,21 @@ function stringListAt(raw: unknown, key: string, pattern: RegExp): string[] | un
     return item;
   });
 }
+
+/** The effective config as plain JSON, secrets masked, for `config check`. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  return {
+    listen: `${config.listen.hostname}:${config.listen.port}`,
+    registries: Object.fromEntries(
+      [...config.registries.values()].map((r) => [r.name, {
+        upstream: r.upstream.href,
+        aliases: r.aliases,
+        authRealms: r.authRealms,
+        ...(r.username !== undefined ? { username: r.username, password: "***" } : {}),
+      }]),
+    ),
+    hosts: Object.fromEntries(config.hosts),
+    cache: config.cache,
+    upstream: config.upstream,
+  };
+}

@@ -124,6 +124,12 @@ export class Eviction {
     this.#bytes += entry.size;
   }
 
+  /** Evicts least-recently-used objects until the cache holds at most `target` bytes. */
+  async evictTo(target: number): Promise<void> {
+    await this.settled();
+    await this.#evict(target);
+  }
+
   async #evict(target: number): Promise<void> {
     const oldest = [...this.#entries.entries()].sort((a, b) => a[1].accessedMs - b[1].accessedMs);
     let freed = 0;

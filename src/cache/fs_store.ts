@@ -137,6 +137,22 @@ export class FsStore implements Store {
     await Deno.remove(path).catch(() => {});
   }
 
+  async *listTags(): AsyncIterable<
+    { registry: string; repository: string; tag: string; record: TagRecord }
+  > {
+    const root = `${this.dir}/tags`;
+    for await (const registry of Deno.readDir(root)) {
+      for await (const repo of Deno.readDir(`${root}/${registry.name}`)) {
+        for await (const file of Deno.readDir(`${root}/${registry.name}/${repo.name}`)) {
+          const repository = decodeURIComponent(repo.name);
+          const tag = file.name.replace(/\.json$/, "");
+          const record = await this.getTag(registry.name, repository, tag);
+          if (record) yield { registry: registry.name, repository, tag, record };
+        }
+      }
+    }
+  }
+
   async hasLink(registry: string, repository: string, digest: string): Promise<boolean> {
     const path = `${this.#repoDir("links", registry, repository)}/${digest.replace(":", "-")}`;
     try {

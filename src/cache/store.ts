@@ -56,6 +56,10 @@ export interface Store {
   getTag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined>;
   putTag(registry: string, repository: string, tag: string, record: TagRecord): Promise<void>;
   deleteTag(registry: string, repository: string, tag: string): Promise<void>;
+  /** Every tag record, for `cache ls`. */
+  listTags(): AsyncIterable<
+    { registry: string; repository: string; tag: string; record: TagRecord }
+  >;
   /** True once the upstream confirmed that `repository` of `registry` holds `digest`. */
   hasLink(registry: string, repository: string, digest: string): Promise<boolean>;
   addLink(registry: string, repository: string, digest: string): Promise<void>;
