@@ -5,7 +5,7 @@ set -euo pipefail
 
 DENO_VERSION=2.9.6
 PACKAGES=(docker-registry skopeo podman containerd docker.io busybox-static openssl curl ca-certificates
-  uidmap iptables runc conmon tar gzip)
+  uidmap iptables runc conmon tar gzip nginx wrk chromium)
 
 if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2)" != "$DENO_VERSION" ]; then
   npm install -g "deno@$DENO_VERSION"
