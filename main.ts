@@ -11,6 +11,10 @@ import { prefetch } from "./src/cli/prefetch.ts";
 import { type Config, ConfigError, describeConfig, loadConfig } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
 import { MirrorMetrics } from "./src/metrics.ts";
+import { ClientAuth } from "./src/security/client_auth.ts";
+import { Limits } from "./src/security/limits.ts";
+import { Policy } from "./src/security/policy.ts";
+import { startServer } from "./src/server.ts";
 import { parseDuration, parseSize } from "./src/units.ts";
 import { UpstreamClient } from "./src/upstream/client.ts";
 
@@ -75,7 +79,7 @@ async function main(args: string[]): Promise<number> {
   const cache = await Cache.open(config.cache);
   try {
     if (command === "prefetch") {
-      const totals = await prefetch(wire(config, cache), [sub, ...rest], print);
+      const totals = await prefetch(await wire(config, cache, true), [sub, ...rest], print);
       return totals.failed.length ? 1 : 0;
     }
     if (sub === "ls") await cacheLs(cache, print);
@@ -95,8 +99,9 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-/** The mirror's request handler with its upstream clients and metrics. */
-function wire(config: Config, cache: Cache, metrics = new MirrorMetrics()) {
+/** The mirror's request handler with its upstream clients, metrics and security. */
+async function wire(config: Config, cache: Cache, operator = false) {
+  const metrics = new MirrorMetrics();
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
     [...config.registries.values()].map((r) => [
@@ -119,7 +124,16 @@ function wire(config: Config, cache: Cache, metrics = new MirrorMetrics()) {
       metrics.tokenFetches.set({ registry: name }, client.auth.tokenFetches);
     }
   });
-  return createApp({ config, clients, cache, metrics });
+  return createApp({
+    config,
+    clients,
+    cache,
+    metrics,
+    policy: new Policy(config.policy),
+    limits: new Limits(config.limits),
+    auth: config.auth && await ClientAuth.load(config.auth),
+    operator,
+  });
 }
 
 async function serve(config: Config): Promise<number> {
@@ -133,28 +147,21 @@ async function serve(config: Config): Promise<number> {
   }
   const cache = await Cache.open(config.cache);
   const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
-  if (withCredentials.length > 0) {
+  if (withCredentials.length > 0 && !config.auth) {
     log.warn(
       "upstream credentials are configured for {registries} and clients are not authenticated: " +
-        "every client that can reach this mirror can pull whatever those credentials can read",
+        "every client that can reach this mirror can pull whatever those credentials can read " +
+        'anonymously upstream; private repositories are refused until "auth" is configured',
       { registries: withCredentials.map((r) => r.name) },
     );
   }
-  const server = Deno.serve({
-    hostname: config.listen.hostname,
-    port: config.listen.port,
-    onListen: ({ hostname, port }) => {
-      log.info("listening on {hostname}:{port}", {
-        hostname,
-        port,
-        registries: [...config.registries.keys()],
-      });
-    },
-    onError: (e) => {
-      log.error("unhandled error: {error}", { error: (e as Error)?.stack ?? String(e) });
-      return new Response("internal error", { status: 500 });
-    },
-  }, wire(config, cache));
+  let server;
+  try {
+    server = await startServer(config, await wire(config, cache));
+  } catch (e) {
+    console.error(`registry-mirror: cannot serve: ${(e as Error).message}`);
+    return 1;
+  }
   let stopping = false;
   const stop = () => {
     if (stopping) return;

@@ -12,6 +12,9 @@ import type { MirrorMetrics } from "./metrics.ts";
 import { isDigestReference } from "./oci/names.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { type Route, route } from "./route.ts";
+import type { ClientAuth } from "./security/client_auth.ts";
+import type { Limits } from "./security/limits.ts";
+import type { Policy } from "./security/policy.ts";
 import type { UpstreamClient } from "./upstream/client.ts";
 
 /** What the app is wired with in main.ts. */
@@ -20,6 +23,12 @@ export interface AppDeps {
   clients: Map<string, UpstreamClient>;
   cache: Cache;
   metrics: MirrorMetrics;
+  policy: Policy;
+  limits: Limits;
+  /** Client authentication; undefined when off. */
+  auth?: ClientAuth;
+  /** Every request comes from the operator (prefetch in this process): nothing is refused as private. */
+  operator?: boolean;
   /** Clock, ms since the epoch (default Date.now). */
   now?: () => number;
 }
@@ -27,7 +36,13 @@ export interface AppDeps {
 /** Deno.serve's per-request info; `completed` settles when the response is fully sent. */
 export interface ServeInfo {
   completed?: Promise<void>;
+  remoteAddr?: Deno.Addr;
 }
+
+/** Probes answer without credentials: Kubernetes and load balancers cannot send any. */
+const PUBLIC_ENDPOINTS = new Set(["healthz", "readyz"]);
+/** How long a repository found private upstream is not asked again. */
+const PRIVATE_VERDICT_TTL_MS = 60_000;
 
 /** Builds the `Request -> Response` function of the mirror. */
 export function createApp(
@@ -40,6 +55,7 @@ export function createApp(
     metrics: deps.metrics,
     startedAt: Date.now(),
   };
+  const privateUntil = new Map<string, number>();
   return async (request, info) => {
     const started = performance.now();
     const url = new URL(request.url);
@@ -62,10 +78,28 @@ export function createApp(
     let response: Response;
     let kind = "unknown";
     try {
+      const client = info?.remoteAddr?.transport === "tcp" ? info.remoteAddr.hostname : "local";
+      const admitted = deps.limits.admit(request, client);
+      if (admitted instanceof RegistryError) throw admitted;
+      deferred.push(admitted);
       const decided = route(request, deps.config);
       if (decided instanceof RegistryError) throw decided;
       kind = decided.kind === "ops" ? decided.endpoint : decided.kind;
       describe(decided, record);
+      // Who asks, then what for: all before any cache or upstream work.
+      if (deps.auth && !PUBLIC_ENDPOINTS.has(kind)) {
+        const who = await deps.auth.authenticate(request);
+        if (who instanceof RegistryError) throw who;
+        record.user = who.user;
+      }
+      if (decided.kind !== "ops" && decided.kind !== "base") {
+        const denied = deps.policy.check(decided.registry, decided.name);
+        if (denied) throw denied;
+        const credentials = deps.config.registries.get(decided.registry)?.password !== undefined;
+        if (!deps.auth && !deps.operator && credentials) {
+          await requirePublic(deps, ctx, decided.registry, decided.name, privateUntil);
+        }
+      }
       response = decided.kind === "ops"
         ? await handleOps(decided.endpoint, ops)
         : await dispatch(decided, request, ctx);
@@ -85,6 +119,39 @@ export function createApp(
     return response;
   };
 }
+
+/**
+ * With the mirror's credentials and no client authentication, only what the upstream serves
+ * anonymously is served: content of a private repository (from upstream or from the cache) would
+ * otherwise reach any client. A public verdict is remembered on disk; a private one for a minute.
+ */
+async function requirePublic(
+  deps: AppDeps,
+  ctx: HandlerContext,
+  registry: string,
+  name: string,
+  privateUntil: Map<string, number>,
+): Promise<void> {
+  const { store } = deps.cache;
+  if (await store.hasLink(registry, name, PUBLIC_MARK)) return;
+  const key = `${registry}/${name}`;
+  let isPrivate = (privateUntil.get(key) ?? 0) > ctx.now();
+  if (!isPrivate) {
+    isPrivate = !(await deps.clients.get(registry)!.isPublic(name));
+    if (isPrivate) privateUntil.set(key, ctx.now() + PRIVATE_VERDICT_TTL_MS);
+    else await store.addLink(registry, name, PUBLIC_MARK);
+  }
+  if (isPrivate) {
+    throw new RegistryError(
+      "UNAUTHORIZED",
+      `${key} is private upstream: it is served only to authenticated clients ` +
+        `(configure "auth" on the mirror)`,
+    );
+  }
+}
+
+/** The marker, among a repository's links, that it is readable anonymously upstream. */
+const PUBLIC_MARK = "visibility:public";
 
 function dispatch(r: Route, request: Request, ctx: HandlerContext): Promise<Response> | Response {
   switch (r.kind) {

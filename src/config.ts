@@ -32,6 +32,19 @@ export interface Config {
     maxSizeBytes?: number;
   };
   upstream: { idleTimeoutMs: number; retries: number };
+  /** Serve HTTPS (HTTP/2 by ALPN) with these PEM files, reloaded when they change. */
+  tls?: { cert: string; key: string; reloadCheckMs: number };
+  /** Client authentication; off when absent. */
+  auth?: { htpasswd?: string; tokens: string[] };
+  /** Repository policy: `registry/repository` glob patterns (`*`: one component, `**`: any). */
+  policy: { allow: string[]; deny: string[] };
+  limits: {
+    maxHeaderBytes: number;
+    maxUrlLength: number;
+    maxConcurrentRequests: number;
+    /** Requests per second per client address; 0: no limit. */
+    clientRate: number;
+  };
 }
 
 /** A configuration problem; the message is the one line printed at start. */
@@ -56,7 +69,19 @@ export const DEFAULT_REGISTRIES: Record<string, [string, string[], string[]]> = 
 };
 
 const DEFAULT_LISTEN = "0.0.0.0:8080";
-const TOP_KEYS = ["listen", "registries", "hosts", "cache", "upstream"];
+const TOP_KEYS = [
+  "listen",
+  "registries",
+  "hosts",
+  "cache",
+  "upstream",
+  "tls",
+  "auth",
+  "policy",
+  "limits",
+];
+/** A policy pattern: a registry (or `*`), then a repository glob. */
+const POLICY_PATTERN = /^[a-z0-9.:*-]+\/[a-z0-9._*\/-]+$/;
 const REGISTRY_KEYS = ["upstream", "aliases", "username", "password", "passwordFile", "authRealms"];
 const REGISTRY_NAME = /^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/;
 const ALIAS = /^[a-z0-9]+(?:[_-][a-z0-9]+)*$/;
@@ -113,6 +138,79 @@ export function buildConfig(raw: unknown, sources: ConfigSources): Config {
     hosts: parseHosts(file.hosts, registries),
     cache: parseCache(file.cache),
     upstream: parseUpstream(file.upstream),
+    tls: parseTls(file.tls),
+    auth: parseAuth(file.auth, sources),
+    policy: parsePolicy(file.policy),
+    limits: parseLimits(file.limits),
+  };
+}
+
+function parseTls(raw: unknown): Config["tls"] {
+  if (raw === undefined) return undefined;
+  const tls = objectAt(raw, "tls", ["cert", "key", "reloadCheck"]);
+  const cert = stringAt(tls.cert, "tls.cert");
+  const key = stringAt(tls.key, "tls.key");
+  if (cert === undefined || key === undefined) {
+    throw new ConfigError("config: tls: both cert and key are required");
+  }
+  const checkText = stringAt(tls.reloadCheck, "tls.reloadCheck") ?? "10s";
+  const reloadCheckMs = parseDuration(checkText);
+  if (!reloadCheckMs) {
+    throw new ConfigError(
+      `config: tls.reloadCheck: expected a duration like "10s", got "${checkText}"`,
+    );
+  }
+  return { cert, key, reloadCheckMs };
+}
+
+function parseAuth(raw: unknown, sources: ConfigSources): Config["auth"] {
+  if (raw === undefined) return undefined;
+  const auth = objectAt(raw, "auth", ["htpasswd", "tokens", "tokensFile"]);
+  const htpasswd = stringAt(auth.htpasswd, "auth.htpasswd");
+  const tokens = stringListAt(auth.tokens, "auth.tokens", /^[\x21-\x7e]{16,}$/) ?? [];
+  const tokensFile = stringAt(auth.tokensFile, "auth.tokensFile");
+  if (tokensFile !== undefined) {
+    try {
+      tokens.push(
+        ...sources.readTextFile(tokensFile).split("\n").map((t) => t.trim()).filter(Boolean),
+      );
+    } catch (e) {
+      throw new ConfigError(
+        `config: auth.tokensFile: cannot read "${tokensFile}": ${(e as Error).message}`,
+      );
+    }
+  }
+  if (htpasswd === undefined && tokens.length === 0) {
+    throw new ConfigError("config: auth: set htpasswd, tokens or tokensFile");
+  }
+  return { htpasswd, tokens };
+}
+
+function parsePolicy(raw: unknown): Config["policy"] {
+  const policy = raw === undefined ? {} : objectAt(raw, "policy", ["allow", "deny"]);
+  return {
+    allow: stringListAt(policy.allow, "policy.allow", POLICY_PATTERN) ?? [],
+    deny: stringListAt(policy.deny, "policy.deny", POLICY_PATTERN) ?? [],
+  };
+}
+
+function parseLimits(raw: unknown): Config["limits"] {
+  const keys = ["maxHeaderBytes", "maxUrlLength", "maxConcurrentRequests", "clientRate"];
+  const limits = raw === undefined ? {} : objectAt(raw, "limits", keys);
+  const number = (key: string, fallback: number, min: number) => {
+    const value = limits[key] ?? fallback;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
+      throw new ConfigError(
+        `config: limits.${key}: expected an integer >= ${min}, got ${JSON.stringify(value)}`,
+      );
+    }
+    return value;
+  };
+  return {
+    maxHeaderBytes: number("maxHeaderBytes", 16 * 1024, 1024),
+    maxUrlLength: number("maxUrlLength", 4096, 256),
+    maxConcurrentRequests: number("maxConcurrentRequests", 1024, 1),
+    clientRate: number("clientRate", 0, 0),
   };
 }
 
@@ -310,5 +408,12 @@ export function describeConfig(config: Config): Record<string, unknown> {
     hosts: Object.fromEntries(config.hosts),
     cache: config.cache,
     upstream: config.upstream,
+    tls: config.tls,
+    auth: config.auth && {
+      htpasswd: config.auth.htpasswd,
+      tokens: config.auth.tokens.map(() => "***"),
+    },
+    policy: config.policy,
+    limits: config.limits,
   };
 }

@@ -17,6 +17,8 @@ export const log: Logger = getLogger(["registry-mirror"]);
 export interface RequestRecord {
   method: string;
   path: string;
+  /** The authenticated client (user name, or "token"), when client auth is on. */
+  user?: string;
   registry?: string;
   repository?: string;
   reference?: string;

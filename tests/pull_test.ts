@@ -1,7 +1,8 @@
 // End to end: real Distribution upstreams (one with Docker-Hub-style token auth and a CDN redirect),
 // the mirror started with `deno task start`, and skopeo and fetch pulling through every routing form.
 
-import { deepEqual, equal, ok } from "node:assert/strict";
+import bcrypt from "bcryptjs";
+import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { startMirror } from "./fixtures/mirror.ts";
 import { startRegistry, startStaticFileServer } from "./fixtures/registry.ts";
@@ -206,14 +207,42 @@ Deno.test({
         equal((await sha256Stream(blob.body!))[0], quayApp.layer.digest);
       });
 
-      await t.step("private repository: served with the configured credentials only", async () => {
-        await assertPulled(await skopeoCopy(`${host}/private/secret:1`, `${dir}/o9`), secret);
-        const anonymous = await fetch(`${mirror.url}/v2/ghcr.io/private/secret/manifests/1`);
-        equal(anonymous.status, 401);
-        equal((await anonymous.json()).errors[0].code, "UNAUTHORIZED");
-        const basic = tokens.requests.filter((r) => r.username === HUB_USER.username);
-        ok(basic.length > 0, "token requests carried the configured credentials");
-      });
+      await t.step(
+        "private repository: pulled with the configured credentials, only for authenticated clients",
+        async () => {
+          // Without credentials upstream: the upstream's own 401.
+          const noCreds = await fetch(`${mirror.url}/v2/ghcr.io/private/secret/manifests/1`);
+          equal(noCreds.status, 401);
+          equal((await noCreds.json()).errors[0].code, "UNAUTHORIZED");
+          // With credentials but no client authentication: refused, never leaked.
+          const anonymous = await fetch(`${mirror.url}/v2/private/secret/manifests/1`);
+          equal(anonymous.status, 401);
+          match((await anonymous.json()).errors[0].message, /private upstream/);
+          // With client authentication: served, fetched with the configured credentials.
+          await Deno.writeTextFile(
+            `${dir}/htpasswd`,
+            `alice:${bcrypt.hashSync("wonderland", 4)}\n`,
+          );
+          const guarded = await startMirror(`${dir}/guarded`, {
+            registries: { "docker.io": { upstream: hub.url, ...HUB_USER } },
+            auth: { htpasswd: `${dir}/htpasswd` },
+          });
+          try {
+            const out = await skopeoCopy(
+              `127.0.0.1:${guarded.port}/private/secret:1`,
+              `${dir}/o9`,
+              [
+                "--src-creds=alice:wonderland",
+              ],
+            );
+            await assertPulled(out, secret);
+          } finally {
+            await guarded.stop();
+          }
+          const basic = tokens.requests.filter((r) => r.username === HUB_USER.username);
+          ok(basic.length > 0, "token requests carried the configured credentials");
+        },
+      );
 
       await t.step("multi-arch: OCI index and Docker manifest list with every child", async () => {
         const out = await skopeoCopy(`${host}/quay.io/org/multi:1`, `${dir}/o10`, [
@@ -299,7 +328,8 @@ Deno.test({
           const helloScope = tokens.requests.filter((r) =>
             r.scopes.includes("repository:library/hello:pull")
           );
-          equal(helloScope.length, 1, JSON.stringify(tokens.requests));
+          // One with the mirror's credentials; one anonymous, to learn the repository is public.
+          deepEqual(helloScope.map((r) => r.username ?? null).sort(), [HUB_USER.username, null]);
         },
       );
 

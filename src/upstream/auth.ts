@@ -20,6 +20,8 @@ export interface AuthDeps {
   fetch: typeof fetch;
   now: () => number;
   userAgent: string;
+  /** Refuses (throws) a token realm that leads somewhere it must not. */
+  checkRealm?: (realm: URL) => Promise<void>;
 }
 
 /**
@@ -118,6 +120,7 @@ export class UpstreamAuth {
         status: 502,
       });
     }
+    await this.#deps.checkRealm?.(realm);
     if (service) realm.searchParams.set("service", service);
     for (const s of scope.split(" ").filter(Boolean)) realm.searchParams.append("scope", s);
     const headers = new Headers({ "user-agent": this.#deps.userAgent, accept: "application/json" });

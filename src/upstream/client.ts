@@ -4,6 +4,7 @@ import type { RegistryConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { log, redactUrls } from "../log.ts";
 import type { MirrorMetrics } from "../metrics.ts";
+import { AddressGuard } from "./addresses.ts";
 import { UpstreamAuth } from "./auth.ts";
 
 /** Statuses worth another try on an idempotent request. */
@@ -48,16 +49,48 @@ export class UpstreamClient {
   readonly auth: UpstreamAuth;
   readonly #options: ClientOptions;
   readonly #fetch: typeof fetch;
+  readonly #guard: AddressGuard;
+  #anonymous?: UpstreamClient;
 
   constructor(registry: RegistryConfig, options: ClientOptions) {
     this.registry = registry;
     this.#options = options;
     this.#fetch = options.fetch ?? fetch;
+    this.#guard = new AddressGuard(registry.upstream);
     this.auth = new UpstreamAuth(registry, {
       fetch: this.#fetch,
       now: Date.now,
       userAgent: options.userAgent,
+      checkRealm: (realm) => this.#guard.check(realm, "a token realm"),
     });
+  }
+
+  /**
+   * True when `name` can be read without the configured credentials (an anonymous tags list
+   * answers 200). False for private repositories; throws when the upstream cannot be asked.
+   */
+  async isPublic(name: string): Promise<boolean> {
+    this.#anonymous ??= new UpstreamClient(
+      { ...this.registry, username: undefined, password: undefined },
+      { ...this.#options, metrics: undefined },
+    );
+    const response = await this.#anonymous.request({
+      method: "GET",
+      path: `/v2/${name}/tags/list`,
+      query: new URLSearchParams({ n: "1" }),
+      scope: `repository:${name}:pull`,
+    }, { upstreamBytes: 0, retries: 0 });
+    await response.body?.cancel();
+    if (response.status >= 500 || response.status === 429) {
+      throw new RegistryError(
+        "UNAVAILABLE",
+        `upstream ${this.registry.name} answered ${response.status}`,
+        {
+          status: 502,
+        },
+      );
+    }
+    return response.status === 200;
   }
 
   /**
@@ -71,7 +104,8 @@ export class UpstreamClient {
       try {
         response = await this.#send(req, progress);
       } catch (e) {
-        if (e instanceof RegistryError && e.status < 500) throw e;
+        // Refusals (a redirect to an internal address) and client errors are final.
+        if (e instanceof RegistryError && (e.status < 500 || e.code === "DENIED")) throw e;
         this.#failed(0, describeError(e));
         if (attempt >= this.#options.retries) throw this.#unreachable(e);
         await this.#retryWait(attempt, null, progress, describeError(e));
@@ -134,6 +168,7 @@ export class UpstreamClient {
         if (response.status >= 300 && response.status < 400 && location) {
           await response.body?.cancel();
           url = redirectTarget(location, url, this.registry.name);
+          await this.#guard.check(url, "a redirect");
           continue;
         }
         if (response.status === 401 && !answered && url.origin === base.origin) {

@@ -1,0 +1,81 @@
+// Request limits: URL length, header size, requests in flight, and a per-client request rate.
+
+import type { Config } from "../config.ts";
+import { RegistryError } from "../oci/errors.ts";
+
+/** Clients not seen for this long are forgotten by the rate limiter. */
+const IDLE_CLIENT_MS = 60_000;
+
+/** Admits or refuses each request, with a clear error for each limit. */
+export class Limits {
+  readonly #settings: Config["limits"];
+  readonly #now: () => number;
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  #inFlight = 0;
+  #lastSweep = 0;
+
+  constructor(settings: Config["limits"], now: () => number = Date.now) {
+    this.#settings = settings;
+    this.#now = now;
+  }
+
+  /** A release function to call when the response is done, or the error to answer. */
+  admit(request: Request, client: string): (() => void) | RegistryError {
+    const { maxUrlLength, maxHeaderBytes, maxConcurrentRequests } = this.#settings;
+    if (request.url.length > maxUrlLength) {
+      return new RegistryError("UNSUPPORTED", `URL longer than ${maxUrlLength} bytes`, {
+        status: 414,
+      });
+    }
+    let headerBytes = 0;
+    for (const [name, value] of request.headers) headerBytes += name.length + value.length + 4;
+    if (headerBytes > maxHeaderBytes) {
+      return new RegistryError(
+        "UNSUPPORTED",
+        `request headers larger than ${maxHeaderBytes} bytes`,
+        {
+          status: 431,
+        },
+      );
+    }
+    if (this.#settings.clientRate > 0 && !this.#take(client)) {
+      return new RegistryError(
+        "TOOMANYREQUESTS",
+        `more than ${this.#settings.clientRate} requests per second from ${client}`,
+        { headers: { "retry-after": "1" } },
+      );
+    }
+    if (this.#inFlight >= maxConcurrentRequests) {
+      return new RegistryError(
+        "UNAVAILABLE",
+        `too many requests in flight (limit ${maxConcurrentRequests})`,
+        { headers: { "retry-after": "1" } },
+      );
+    }
+    this.#inFlight++;
+    let released = false;
+    return () => {
+      if (!released) this.#inFlight--;
+      released = true;
+    };
+  }
+
+  /** Token bucket per client: `clientRate` per second, bursts of twice that. */
+  #take(client: string): boolean {
+    const now = this.#now();
+    const rate = this.#settings.clientRate;
+    if (now - this.#lastSweep > IDLE_CLIENT_MS) {
+      for (const [key, b] of this.#buckets) {
+        if (now - b.at > IDLE_CLIENT_MS) this.#buckets.delete(key);
+      }
+      this.#lastSweep = now;
+    }
+    const bucket = this.#buckets.get(client) ?? { tokens: 2 * rate, at: now };
+    bucket.tokens = Math.min(2 * rate, bucket.tokens + (now - bucket.at) / 1000 * rate);
+    bucket.at = now;
+    this.#buckets.set(client, bucket);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens--;
+    return true;
+  }
+}

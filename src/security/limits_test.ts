@@ -1,0 +1,51 @@
+import { equal, ok } from "node:assert/strict";
+import { RegistryError } from "../oci/errors.ts";
+import { Limits } from "./limits.ts";
+
+const settings = {
+  maxHeaderBytes: 1024,
+  maxUrlLength: 256,
+  maxConcurrentRequests: 2,
+  clientRate: 0,
+};
+const req = (path = "/v2/", headers?: Record<string, string>) =>
+  new Request(`http://m${path}`, { headers });
+
+Deno.test("limits: URL length, header size and requests in flight", () => {
+  const limits = new Limits(settings);
+  const long = limits.admit(req("/v2/" + "a".repeat(300)), "c");
+  ok(long instanceof RegistryError && long.status === 414);
+  const big = limits.admit(req("/v2/", { "x-big": "b".repeat(2000) }), "c");
+  ok(big instanceof RegistryError && big.status === 431);
+  const a = limits.admit(req(), "c");
+  const b = limits.admit(req(), "c");
+  const c = limits.admit(req(), "c");
+  ok(c instanceof RegistryError && c.status === 503 && c.headers["retry-after"] === "1");
+  ok(typeof a === "function" && typeof b === "function");
+  a();
+  a(); // releasing twice counts once
+  ok(typeof limits.admit(req(), "c") === "function");
+  ok(limits.admit(req(), "c") instanceof RegistryError);
+});
+
+Deno.test("limits: per-client rate with bursts of twice the rate", () => {
+  let now = 0;
+  const limits = new Limits({ ...settings, maxConcurrentRequests: 1000, clientRate: 5 }, () => now);
+  const results = Array.from({ length: 12 }, () => limits.admit(req(), "10.0.0.1"));
+  equal(results.filter((r) => typeof r === "function").length, 10);
+  const refused = results.at(-1);
+  ok(
+    refused instanceof RegistryError && refused.status === 429 &&
+      refused.code === "TOOMANYREQUESTS",
+  );
+  ok(typeof limits.admit(req(), "10.0.0.2") === "function", "other clients unaffected");
+  now = 1000;
+  equal(
+    Array.from({ length: 6 }, () => limits.admit(req(), "10.0.0.1")).filter((r) =>
+      typeof r === "function"
+    )
+      .length,
+    5,
+    "refilled at 5 per second",
+  );
+});
