@@ -43,8 +43,7 @@ export async function startServer(config: Config, handler: Handler): Promise<Run
     key: await Deno.readTextFile(tls.key),
   });
   let pair = await read();
-  // reusePort lets the next listener bind while the current one drains.
-  let server = Deno.serve({ ...base, ...pair, reusePort: true }, handler);
+  let server = Deno.serve({ ...base, ...pair }, handler);
   let stopping = false;
   let done!: () => void;
   const finished = new Promise<void>((resolve) => done = resolve);
@@ -60,17 +59,22 @@ export async function startServer(config: Config, handler: Handler): Promise<Run
     }
     if (stopping || (next.cert === pair.cert && next.key === pair.key)) return;
     try {
-      const fresh = Deno.serve({ ...base, ...next, reusePort: true, onListen: () => {} }, handler);
-      const old = server;
-      server = fresh;
-      pair = next;
-      await old.shutdown();
-      log.info("TLS certificate reloaded from {cert}", { cert: tls.cert });
+      // Check the new pair on a throwaway port first: a bad pair must not stop the server.
+      Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...next }).close();
     } catch (e) {
       log.error("new TLS certificate refused, keeping the current one: {error}", {
         error: String(e),
       });
+      pair = next;
+      return;
     }
+    // The current listener stops accepting (its connections drain) and the next binds the port
+    // a moment later: new connections are refused for a few milliseconds at most.
+    const draining = server.shutdown();
+    server = await bind(() => Deno.serve({ ...base, ...next, onListen: () => {} }, handler));
+    pair = next;
+    await draining;
+    log.info("TLS certificate reloaded from {cert}", { cert: tls.cert });
   }, tls.reloadCheckMs);
   return {
     async shutdown() {
@@ -81,4 +85,18 @@ export async function startServer(config: Config, handler: Handler): Promise<Run
     },
     finished,
   };
+}
+
+/** Retries binding while the previous listener on the port is closing. */
+async function bind(
+  serve: () => Deno.HttpServer<Deno.NetAddr>,
+): Promise<Deno.HttpServer<Deno.NetAddr>> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return serve();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AddrInUse) || attempt >= 200) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
 }

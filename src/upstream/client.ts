@@ -266,20 +266,15 @@ function describeError(e: unknown): string {
   return redactUrls(cause ? `${error.message}: ${cause}` : String(error?.message ?? e));
 }
 
-/** Resolves a redirect's Location; only http(s) targets are followed. */
+/** Resolves a redirect's Location against the URL that sent it (the guard checks where it leads). */
 function redirectTarget(location: string, from: URL, registry: string): URL {
-  let target: URL | undefined;
   try {
-    target = new URL(location, from);
+    return new URL(location, from);
   } catch {
-    target = undefined;
-  }
-  if (!target || (target.protocol !== "http:" && target.protocol !== "https:")) {
-    throw new RegistryError("UNAVAILABLE", `upstream ${registry} redirected to a non-http URL`, {
+    throw new RegistryError("UNAVAILABLE", `upstream ${registry} sent an invalid redirect`, {
       status: 502,
     });
   }
-  return target;
 }
 
 /** Milliseconds a Retry-After header asks for (seconds or an HTTP date), if any. */
