@@ -110,7 +110,8 @@ export function createApp(
     const length = response.headers.get("content-length");
     const done = () => {
       for (const fn of deferred) fn();
-      record.bytes = length !== null ? Number(length) : record.upstreamBytes;
+      // Bodies streamed from a fill count what they sent; others say what they planned to send.
+      record.bytes ??= length !== null ? Number(length) : record.upstreamBytes;
       count(deps.metrics, kind, record);
       logRequest(record, performance.now() - started, kind);
     };

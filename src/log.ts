@@ -23,7 +23,7 @@ export interface RequestRecord {
   repository?: string;
   reference?: string;
   status?: number;
-  /** Body bytes of the response (its Content-Length, else what streamed from upstream). */
+  /** Body bytes sent: counted for blobs followed during a fill, else the Content-Length. */
   bytes?: number;
   upstreamStatus?: number;
   /** X-Cache: HIT, MISS or STALE. */

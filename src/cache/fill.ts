@@ -72,13 +72,19 @@ export class Fill {
    * the client's connection is cut and it retries) when the fill fails, never with a short or
    * unverified body.
    */
-  follow(start: number, end: number | undefined, release: () => void): ReadableStream<Uint8Array> {
+  follow(
+    start: number,
+    end: number | undefined,
+    release: (sent: number, complete: boolean) => void,
+  ): ReadableStream<Uint8Array> {
     let file: Deno.FsFile | undefined;
     let pos = start;
-    const done = () => {
+    let released = false;
+    const done = (complete = false) => {
       file?.close();
       file = undefined;
-      release();
+      if (!released) release(pos - start, complete);
+      released = true;
     };
     return new ReadableStream<Uint8Array>({
       pull: async (out) => {
@@ -87,7 +93,7 @@ export class Fill {
           for (;;) {
             if (this.error) throw this.error;
             if (end !== undefined && pos >= end) {
-              done();
+              done(true);
               return out.close();
             }
             // The last byte waits for verification: with a Content-Length, a client takes the
@@ -97,7 +103,7 @@ export class Fill {
               : Math.min(this.written, (this.size ?? Infinity) - 1);
             if (pos < available) break;
             if (this.settled) {
-              done();
+              done(true);
               return out.close();
             }
             await this.#changed();
@@ -117,7 +123,7 @@ export class Fill {
           out.error(e);
         }
       },
-      cancel: done,
+      cancel: () => done(),
     }, { highWaterMark: 0 });
   }
 }

@@ -81,8 +81,12 @@ function serveFill(fill: Fill, request: Request, ctx: HandlerContext): Response 
     : parseRange(request.headers.get("range"), fill.size);
   if (range === "unsatisfiable") throw unsatisfiable(fill.size!);
   const headers = cacheStatus(ctx, "MISS", blobHeaders(fill.digest, fill.size, range));
-  const release = ctx.cache.eviction.pin("blob", fill.digest);
-  const body = fill.follow(range?.start ?? 0, range?.end, release);
+  const unpin = ctx.cache.eviction.pin("blob", fill.digest);
+  const body = fill.follow(range?.start ?? 0, range?.end, (sent, complete) => {
+    unpin();
+    ctx.record.bytes = sent;
+    if (!complete) ctx.record.error ??= "the body was not sent whole (client gone or fill failed)";
+  });
   return new Response(body, { status: range ? 206 : 200, headers });
 }
 
