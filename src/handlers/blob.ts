@@ -26,12 +26,12 @@ export async function handleBlob(
   ctx: HandlerContext,
 ): Promise<Response> {
   const { cache } = ctx;
-  const link = { registry: route.registry, name: route.name, kind: "blobs", digest: route.digest };
+  const link = { ...route, kind: "blobs" as const };
   const inflight = cache.fills.get(route.digest);
   if (!inflight) {
     const stored = await cache.store.statBlob(route.digest);
     if (stored) {
-      await confirmLink(ctx, request, { ...link, kind: "blobs" });
+      await confirmLink(ctx, request, link);
       return await serveStored(route, request, ctx, stored.size);
     }
   }
@@ -51,7 +51,7 @@ export async function handleBlob(
   }
   const fill = await pending;
   if (fill.origin.registry !== route.registry || fill.origin.repository !== route.name) {
-    await confirmLink(ctx, request, { ...link, kind: "blobs" });
+    await confirmLink(ctx, request, link);
   } else {
     await cache.store.addLink(route.registry, route.name, route.digest);
   }
