@@ -145,7 +145,7 @@ async function serve(config: Config): Promise<number> {
     );
     return 1;
   }
-  const cache = await Cache.open(config.cache);
+  const cache = await Cache.open(config.cache, { clean: true });
   const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
   if (withCredentials.length > 0 && !config.auth) {
     log.warn(

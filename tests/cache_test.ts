@@ -7,7 +7,14 @@ import { createHash } from "node:crypto";
 import { startFaultProxy } from "./fixtures/fault_proxy.ts";
 import { startMirror } from "./fixtures/mirror.ts";
 import { startRegistry } from "./fixtures/registry.ts";
-import { pushBlob, pushImage, pushIndex, pushLargeBlobImage, sha256 } from "./fixtures/seed.ts";
+import {
+  pushBlob,
+  pushImage,
+  pushIndex,
+  pushLargeBlobImage,
+  pushManifest,
+  sha256,
+} from "./fixtures/seed.ts";
 import { skipUnless } from "./fixtures/tools.ts";
 
 async function digestOf(body: ReadableStream<Uint8Array>): Promise<string> {
@@ -220,14 +227,20 @@ Deno.test({
       });
 
       await t.step("upstream 5xx, 429 or down after the TTL: the tag is served stale", async () => {
+        await pushManifest(registry.url, "org/app", "v2", app.bytes, app.mediaType);
+        const warm = await fetch(url("/org/app/manifests/v2"));
+        await warm.body?.cancel();
         await new Promise((resolve) => setTimeout(resolve, 2100));
-        const path = "/v2/org/app/manifests/v1";
-        for (const status of [503, 429]) {
-          proxy.inject({ path, status, times: 2 });
-          const stale = await fetch(url("/org/app/manifests/v1"));
-          deepEqual([stale.status, stale.headers.get("x-cache")], [200, "STALE"]);
+        for (const [tag, status] of [["v1", 503], ["v2", 429]] as const) {
+          proxy.inject({ path: `/v2/org/app/manifests/${tag}`, status, times: 2 });
+          const stale = await fetch(url(`/org/app/manifests/${tag}`));
+          deepEqual([stale.status, stale.headers.get("x-cache")], [200, "STALE"], tag);
           await stale.body?.cancel();
         }
+        const from = proxy.requests.length;
+        const again = await fetch(url("/org/app/manifests/v1"), { method: "HEAD" });
+        deepEqual([again.status, again.headers.get("x-cache")], [200, "STALE"]);
+        equal(proxy.requests.length, from, "a failing upstream is not asked again at once");
         ok(mirror.output().includes("serving stale"), "stale serves are logged");
       });
 
@@ -260,6 +273,26 @@ Deno.test({
           const layer = await fetch(url(`/org/multi/blobs/${child.layer.digest}`));
           equal(await digestOf(layer.body!), child.layer.digest);
         }
+      });
+
+      await t.step("a command run beside the server leaves its fills alone", async () => {
+        const blob = await pushLargeBlobImage(registry.url, "org/beside", "1", 8 << 20, { dir });
+        proxy.inject({
+          path: `/v2/org/beside/blobs/${blob.blob.digest}`,
+          stallAfterBytes: 2 << 20,
+        });
+        const pending = fetch(url(`/org/beside/blobs/${blob.blob.digest}`));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const du = await new Deno.Command(Deno.execPath(), {
+          args: ["task", "--quiet", "start", "cache", "du", "--config", `${dir}/config.json`],
+          cwd: new URL("../", import.meta.url).pathname,
+          stdin: "null",
+          stdout: "null",
+          stderr: "null",
+        }).output();
+        equal(du.code, 0);
+        equal(await digestOf((await pending).body!), blob.blob.digest);
+        ok(await exists(blobFile(blob.blob.digest)), "the fill was committed");
       });
 
       await t.step(

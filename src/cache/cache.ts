@@ -19,6 +19,8 @@ export class Cache {
   readonly counts: Record<CacheStatus, number> = { HIT: 0, MISS: 0, STALE: 0 };
   /** Concurrent lookups of one tag share one upstream request. */
   readonly tagFlights = new SingleFlight<TagRecord>();
+  /** Tags whose revalidation failed: served stale without asking upstream until then (ms). */
+  readonly staleUntil = new Map<string, number>();
   /** Concurrent misses of one manifest digest share one upstream request. */
   readonly manifestFlights = new SingleFlight<StoredManifest>();
 
@@ -29,9 +31,12 @@ export class Cache {
     this.fills = new Fills(store, this.eviction);
   }
 
-  /** Opens the filesystem cache; the eviction index is rebuilt in the background. */
-  static async open(settings: Config["cache"]): Promise<Cache> {
-    const cache = new Cache(await FsStore.open(settings.dir), settings);
+  /**
+   * Opens the filesystem cache; the eviction index is rebuilt in the background. The server
+   * passes `clean` to remove a crash's leftovers; commands run beside a server must not.
+   */
+  static async open(settings: Config["cache"], options = { clean: false }): Promise<Cache> {
+    const cache = new Cache(await FsStore.open(settings.dir, options), settings);
     cache.loaded = cache.eviction.load();
     return cache;
   }

@@ -17,9 +17,12 @@ export class FsStore implements Store {
     this.dir = dir;
   }
 
-  /** Opens (creating) the store at `dir`, removing whatever a crash left in tmp/. */
-  static async open(dir: string): Promise<FsStore> {
-    await Deno.remove(`${dir}/tmp`, { recursive: true }).catch(() => {});
+  /**
+   * Opens (creating) the store at `dir`. With `clean`, removes whatever a crash left in tmp/: only
+   * the server may, since a command run beside it would cut its fills.
+   */
+  static async open(dir: string, options: { clean: boolean }): Promise<FsStore> {
+    if (options.clean) await Deno.remove(`${dir}/tmp`, { recursive: true }).catch(() => {});
     for (const sub of ["blobs", "manifests", "tags", "links", "tmp"]) {
       await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
     }

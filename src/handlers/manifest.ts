@@ -20,6 +20,17 @@ import {
   registryHeaders,
 } from "./context.ts";
 
+/**
+ * Revalidating a cached tag has a fallback (the cached manifest), so it waits less than a miss:
+ * at most 5 s for an answer and one retry.
+ */
+function revalidation(ctx: HandlerContext) {
+  const { idleTimeoutMs, retries } = ctx.config.upstream;
+  return { idleTimeoutMs: Math.min(idleTimeoutMs, 5_000), retries: Math.min(retries, 1) };
+}
+/** After a failed revalidation, how long a tag is served stale without asking upstream. */
+const STALE_PAUSE_MS = 30_000;
+
 /** Largest manifest accepted from an upstream (containerd and Distribution use 4 MiB too). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
@@ -58,9 +69,14 @@ export async function handleManifest(
   if (ctx.now() - record.checkedAt < ctx.cache.tagTtlMs) {
     return respond(route, ctx, record.digest, await manifestOf(route, request, ctx, record), "HIT");
   }
+  const key = `${route.registry}/${route.name}:${tag}`;
+  if ((ctx.cache.staleUntil.get(key) ?? 0) > ctx.now()) {
+    return await serveStale(route, ctx, record);
+  }
   let current: TagRecord;
   try {
-    [, current] = await resolveTag(route, request, ctx);
+    [, current] = await resolveTag(route, request, ctx, revalidation(ctx));
+    ctx.cache.staleUntil.delete(key);
   } catch (e) {
     if (!(e instanceof RegistryError) || (e.status < 500 && e.status !== 429)) {
       if (e instanceof RegistryError && e.status === 404) {
@@ -68,15 +84,15 @@ export async function handleManifest(
       }
       throw e;
     }
-    const stored = await ctx.cache.store.getManifest(record.digest);
-    if (route.method === "GET" && !stored) throw e;
+    // Do not make every pull wait for a failing upstream: ask again after a pause.
+    ctx.cache.staleUntil.set(key, ctx.now() + Math.min(ctx.cache.tagTtlMs, STALE_PAUSE_MS));
     log.warn("serving stale {registry}/{repository}:{tag}: {error}", {
       registry: route.registry,
       repository: route.name,
       tag,
       error: e.message,
     });
-    return respond(route, ctx, record.digest, stored ?? record, "STALE");
+    return await serveStale(route, ctx, record, e);
   }
   const status = current.digest === record.digest ? "HIT" : "MISS";
   return respond(
@@ -86,6 +102,21 @@ export async function handleManifest(
     await manifestOf(route, request, ctx, current),
     status,
   );
+}
+
+/** A cached tag whose upstream failed: the record for a HEAD, the cached bytes for a GET. */
+async function serveStale(
+  route: ManifestRoute,
+  ctx: HandlerContext,
+  record: TagRecord,
+  cause?: RegistryError,
+): Promise<Response> {
+  const stored = await ctx.cache.store.getManifest(record.digest);
+  if (route.method === "GET" && !stored) {
+    throw cause ??
+      new RegistryError("UNAVAILABLE", `upstream ${route.registry} is failing`, { status: 503 });
+  }
+  return respond(route, ctx, record.digest, stored ?? record, "STALE");
 }
 
 /** What the response is built from: the manifest bytes, or a tag record for a HEAD. */
@@ -134,10 +165,11 @@ function resolveTag(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
+  patience?: { idleTimeoutMs: number; retries: number },
 ): Promise<[string, TagRecord]> {
   const key = `${route.registry}/${route.name}:${route.reference}`;
   return ctx.cache.tagFlights.run(key, async () => {
-    const response = await upstreamManifest(route, request, ctx, "HEAD", route.reference);
+    const response = await upstreamManifest(route, request, ctx, "HEAD", route.reference, patience);
     const digest = response.headers.get("docker-content-digest");
     const type = response.headers.get("content-type");
     const length = response.headers.get("content-length");
@@ -211,8 +243,10 @@ async function upstreamManifest(
   ctx: HandlerContext,
   method: "GET" | "HEAD",
   reference: string,
+  patience?: { idleTimeoutMs: number; retries: number },
 ): Promise<Response> {
   const response = await ctx.upstream(route.registry).request({
+    ...patience,
     method,
     path: `/v2/${route.name}/manifests/${reference}`,
     headers: {

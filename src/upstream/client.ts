@@ -24,6 +24,9 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   /** Token scope, e.g. `repository:library/ubuntu:pull`. */
   scope?: string;
+  /** Overrides of the configured idle timeout and retries (for requests with a fallback). */
+  idleTimeoutMs?: number;
+  retries?: number;
 }
 
 /** Counters a caller can watch: bytes read from the body, retries made. */
@@ -99,6 +102,7 @@ export class UpstreamClient {
    * watched by the idle timeout. Throws RegistryError when the upstream cannot be reached.
    */
   async request(req: UpstreamRequest, progress: Progress): Promise<Response> {
+    const retries = req.retries ?? this.#options.retries;
     for (let attempt = 0;; attempt++) {
       let response: Response;
       try {
@@ -107,7 +111,7 @@ export class UpstreamClient {
         // Refusals (a redirect to an internal address) and client errors are final.
         if (e instanceof RegistryError && (e.status < 500 || e.code === "DENIED")) throw e;
         this.#failed(0, describeError(e));
-        if (attempt >= this.#options.retries) throw this.#unreachable(e);
+        if (attempt >= retries) throw this.#unreachable(e);
         await this.#retryWait(attempt, null, progress, describeError(e));
         continue;
       }
@@ -122,7 +126,7 @@ export class UpstreamClient {
       }
       const retryAfter = retryAfterMs(response.headers.get("retry-after"), Date.now());
       if (
-        !RETRY_STATUSES.has(response.status) || attempt >= this.#options.retries ||
+        !RETRY_STATUSES.has(response.status) || attempt >= retries ||
         (retryAfter ?? 0) > MAX_RETRY_AFTER_MS
       ) {
         return response;
@@ -139,10 +143,11 @@ export class UpstreamClient {
     if (req.query) url.search = req.query.toString();
     let authorization = this.auth.cached(req.scope);
     let answered = false;
+    const idleTimeoutMs = req.idleTimeoutMs ?? this.#options.idleTimeoutMs;
     const controller = new AbortController();
     const headerTimer = setTimeout(
       () => controller.abort(new DOMException("upstream sent no headers in time", "TimeoutError")),
-      this.#options.idleTimeoutMs,
+      idleTimeoutMs,
     );
     try {
       for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
@@ -186,7 +191,7 @@ export class UpstreamClient {
           }
         }
         clearTimeout(headerTimer);
-        return watchIdle(response, controller, this.#options.idleTimeoutMs, progress, (bytes) => {
+        return watchIdle(response, controller, idleTimeoutMs, progress, (bytes) => {
           this.#options.metrics?.upstreamBytes.inc({ registry: this.registry.name }, bytes);
         });
       }
