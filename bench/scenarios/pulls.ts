@@ -1,0 +1,185 @@
+// Cold and warm pulls of the big and small blobs: each cache starts empty, is pulled through once
+// (cold), then again (warm); next to the origin read directly and nginx serving the same file.
+
+import { pullRate } from "../clients.ts";
+import { type BenchEnv, originTraffic, type SeededBlob } from "../env.ts";
+import type { Options } from "../options.ts";
+import { cpuSeconds, median } from "../proc.ts";
+import { mb, num, ratio, type Row, type ScenarioResult, size } from "../report.ts";
+import { type CacheKind, rotate, type Systems } from "../systems.ts";
+
+type Series = Record<string, number[]>;
+
+function push(series: Series, key: string, value: number): void {
+  (series[key] ??= []).push(value);
+}
+
+async function baselines(env: BenchEnv, series: Series): Promise<void> {
+  for (const [name, blob] of [["big", env.big], ["small", env.small]] as const) {
+    push(series, `cold.${name}.direct`, await pullRate(env.origin.url + blob.path, blob.size));
+    push(series, `cold.${name}.proxied`, await pullRate(env.nginx.proxyUrl + blob.path, blob.size));
+    const cpu = cpuSeconds(env.nginx.pid);
+    push(series, `warm.${name}.nginx`, await pullRate(blob.staticUrl, blob.size));
+    push(series, `warmCpu.${name}.nginx`, perGB(cpuSeconds(env.nginx.pid) - cpu, blob.size));
+    push(series, `warm.${name}.sendfile`, await pullRate(blob.sendfileUrl, blob.size));
+  }
+}
+
+async function throughCache(
+  env: BenchEnv,
+  caches: Systems,
+  kind: CacheKind,
+  dir: string,
+  series: Series,
+): Promise<void> {
+  const cache = await caches.start(kind, dir);
+  try {
+    const blobs: [string, SeededBlob][] = [["big", env.big], ["small", env.small]];
+    for (const [name, blob] of blobs) {
+      const mark = env.nginx.mark();
+      const cpu = cache.cpuSeconds();
+      push(series, `cold.${name}.${kind}`, await pullRate(cache.url + blob.path, blob.size));
+      // Distribution keeps filling its store in the background after the client got the blob.
+      await env.nginx.settle();
+      push(series, `coldCpu.${name}.${kind}`, perGB(cache.cpuSeconds() - cpu, blob.size));
+      push(series, `origin.${name}.${kind}`, originTraffic(env, mark).bytes / blob.size);
+    }
+    for (const [name, blob] of blobs) {
+      const mark = env.nginx.mark();
+      const cpu = cache.cpuSeconds();
+      push(series, `warm.${name}.${kind}`, await pullRate(cache.url + blob.path, blob.size));
+      push(series, `warmCpu.${name}.${kind}`, perGB(cache.cpuSeconds() - cpu, blob.size));
+      push(series, `warmOrigin.${name}.${kind}`, originTraffic(env, mark).bytes);
+    }
+    push(series, `rss.${kind}`, cache.peakRss());
+  } finally {
+    await cache.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** CPU seconds per GB (10^9 bytes) moved. */
+function perGB(seconds: number, bytes: number): number {
+  return seconds / (bytes / 1e9);
+}
+
+function med(series: Series, key: string): number {
+  return median(series[key] ?? []);
+}
+
+function rows(env: BenchEnv, opts: Options, series: Series): { cold: Row[]; warm: Row[] } {
+  const rate = (key: string) => `${num(med(series, key))} MB/s`;
+  const runs = `median of ${opts.runs}`;
+  const cold: Row[] = [];
+  const warm: Row[] = [];
+  for (const [name, blob] of [["big", env.big], ["small", env.small]] as const) {
+    const m = med(series, `cold.${name}.mirror`);
+    const d = med(series, `cold.${name}.distribution`);
+    const direct = med(series, `cold.${name}.direct`);
+    const big = name === "big";
+    cold.push({
+      scenario: "cold",
+      measure: `MB/s, ${size(blob.size)} blob, ${runs}`,
+      mirror: rate(`cold.${name}.mirror`),
+      distribution: rate(`cold.${name}.distribution`),
+      baseline: `origin direct ${rate(`cold.${name}.direct`)} (via counting proxy ${
+        rate(`cold.${name}.proxied`)
+      })`,
+      result: `${ratio(m, d)} Distribution, ${ratio(m, direct)} direct`,
+      target: big ? ">= 1.0x Distribution; ratio to direct reported" : "(reported)",
+      verdict: big ? (m >= d ? "met" : "missed") : "info",
+    });
+    const cpu = (phase: string, kind: string) =>
+      `${num(med(series, `${phase}Cpu.${name}.${kind}`))} s`;
+    if (big) {
+      cold.push({
+        scenario: "cold",
+        measure: "CPU seconds (user + system) of the cache process per GB",
+        mirror: cpu("cold", "mirror"),
+        distribution: cpu("cold", "distribution"),
+        baseline: "",
+        result: `${
+          ratio(med(series, "coldCpu.big.mirror"), med(series, "coldCpu.big.distribution"))
+        } Distribution's CPU`,
+        target: "(reported)",
+        verdict: "info",
+      });
+      cold.push({
+        scenario: "cold",
+        measure: `bytes from the origin per cold pull (x blob size)`,
+        mirror: `${num(med(series, "origin.big.mirror"))}x`,
+        distribution: `${num(med(series, "origin.big.distribution"))}x`,
+        baseline: "1x",
+        result: `peak RSS ${mb(med(series, "rss.mirror"))} vs ${
+          mb(med(series, "rss.distribution"))
+        }`,
+        target: "(reported)",
+        verdict: "info",
+      });
+    }
+    const wm = med(series, `warm.${name}.mirror`);
+    const wd = med(series, `warm.${name}.distribution`);
+    // nginx's faster configuration on this machine is the limit.
+    const nginx = Math.max(med(series, `warm.${name}.nginx`), med(series, `warm.${name}.sendfile`));
+    // A warm pull must not reach the origin; say so when it did.
+    const warmCell = (kind: string) => {
+      const origin = Math.max(...(series[`warmOrigin.${name}.${kind}`] ?? [0]));
+      return rate(`warm.${name}.${kind}`) + (origin > 0 ? ` (origin sent ${mb(origin)})` : "");
+    };
+    warm.push({
+      scenario: "warm",
+      measure: `MB/s, ${size(blob.size)} blob, ${runs}`,
+      mirror: warmCell("mirror"),
+      distribution: warmCell("distribution"),
+      baseline: `nginx ${rate(`warm.${name}.nginx`)} (sendfile ${rate(`warm.${name}.sendfile`)})`,
+      result: `${ratio(wm, wd)} Distribution, ${ratio(wm, nginx)} nginx`,
+      target: big ? ">= 1.0x Distribution and >= 0.7x nginx" : "(reported)",
+      verdict: big ? (wm >= wd && wm >= 0.7 * nginx ? "met" : "missed") : "info",
+    });
+    if (big) {
+      warm.push({
+        scenario: "warm",
+        measure: "CPU seconds (user + system) of the server process per GB",
+        mirror: cpu("warm", "mirror"),
+        distribution: cpu("warm", "distribution"),
+        baseline: `nginx ${cpu("warm", "nginx")}`,
+        result: `${
+          ratio(med(series, "warmCpu.big.mirror"), med(series, "warmCpu.big.nginx"))
+        } nginx's CPU`,
+        target: "(reported)",
+        verdict: "info",
+      });
+    }
+  }
+  return { cold, warm };
+}
+
+/** Runs the cold and warm pull scenarios `opts.runs` times (systems in rotating order). */
+export async function pullScenarios(
+  env: BenchEnv,
+  opts: Options,
+  caches: Systems,
+): Promise<ScenarioResult[]> {
+  const series: Series = {};
+  for (let run = 0; run < opts.runs; run++) {
+    for (const kind of rotate(["direct", "distribution", "mirror"] as const, run)) {
+      if (kind === "direct") await baselines(env, series);
+      else await throughCache(env, caches, kind, `${env.dir}/runs/pulls-${kind}-${run}`, series);
+    }
+  }
+  const { cold, warm } = rows(env, opts, series);
+  const pick = (prefix: string) =>
+    Object.fromEntries(Object.entries(series).filter(([key]) => key.startsWith(prefix)));
+  return [
+    {
+      id: "cold",
+      rows: cold,
+      raw: { ...pick("cold."), ...pick("coldCpu."), ...pick("origin."), ...pick("rss.") },
+    },
+    {
+      id: "warm",
+      rows: warm,
+      raw: { ...pick("warm."), ...pick("warmCpu."), ...pick("warmOrigin.") },
+    },
+  ];
+}

@@ -1,0 +1,81 @@
+// Runs the benchmark harness end to end with tiny sizes so it keeps working; timings are not asserted.
+
+import assert from "node:assert/strict";
+import { bench } from "../bench/main.ts";
+import { parseOptions, SCENARIOS } from "../bench/options.ts";
+import { BEGIN, COLUMNS, END, type ScenarioResult, TITLES } from "../bench/report.ts";
+import { skipUnless } from "./fixtures/tools.ts";
+
+function raw(results: ScenarioResult[], id: string): Record<string, unknown> {
+  const result = results.find((r) => r.id === id);
+  assert.ok(result, `no result for scenario ${id}`);
+  return result.raw;
+}
+
+function cells(line: string): string[] {
+  return line.slice(1, -1).split("|").map((cell) => cell.trim());
+}
+
+Deno.test({
+  name: "bench --smoke writes a well-formed table with a row per scenario and sane numbers",
+  ...skipUnless(["/usr/bin/docker-registry", "/usr/sbin/nginx", "wrk", "curl"]),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bench_smoke_" });
+    try {
+      const out = `${dir}/BENCHMARKS.md`;
+      await Deno.writeTextFile(out, "# Kept\n\nhand-written analysis\n");
+      const { results } = await bench(parseOptions(["--smoke", "--out", out]));
+
+      const report = await Deno.readTextFile(out);
+      assert.ok(report.startsWith("# Kept\n\nhand-written analysis\n"), "text outside kept");
+      assert.ok(report.includes(BEGIN) && report.includes(END));
+      const lines = report.split("\n").filter((line) => line.startsWith("|"));
+      assert.deepEqual(cells(lines[0]), COLUMNS);
+      assert.ok(cells(lines[1]).every((cell) => /^-+$/.test(cell)));
+      const rows = lines.slice(2).map(cells);
+      for (const row of rows) assert.equal(row.length, COLUMNS.length, row.join(" | "));
+      for (const id of SCENARIOS) {
+        const mine = rows.filter((row) => row[0] === TITLES[id]);
+        assert.ok(mine.length > 0, `no row for ${id}`);
+        for (const row of mine) {
+          assert.ok(["met", "missed", "info"].includes(row[7]), `${id}: ${row.join(" | ")}`);
+        }
+      }
+
+      const cold = raw(results, "cold") as Record<string, number[]>;
+      for (const key of ["cold.big.mirror", "cold.big.distribution", "cold.big.direct"]) {
+        assert.ok(cold[key].every((rate) => rate > 0), key);
+      }
+      assert.ok(cold["origin.big.mirror"][0] >= 1, "the origin sent the blob to the mirror");
+      assert.ok(cold["origin.big.distribution"][0] >= 1);
+      const warm = raw(results, "warm") as Record<string, number[]>;
+      assert.ok(warm["warm.big.mirror"][0] > 0 && warm["warm.big.nginx"][0] > 0);
+      assert.equal(warm["warmOrigin.big.mirror"][0], 0, "a warm pull does not reach the origin");
+
+      const { loads } = raw(results, "manifest") as {
+        loads: Record<string, { requests: number; errors: number }[]>;
+      };
+      for (const kind of ["mirror", "distribution"]) {
+        assert.ok(loads[kind][0].requests > 0, kind);
+        assert.equal(loads[kind][0].errors, 0, kind);
+      }
+
+      const herd = raw(results, "herd") as {
+        runs: Record<string, { originX: number; complete: number; peakRss: number }[]>;
+      };
+      const clients = parseOptions(["--smoke"]).herdClients;
+      assert.ok(herd.runs.mirror[0].originX >= 1 && herd.runs.mirror[0].originX < 1.01);
+      assert.ok(herd.runs.distribution[0].originX >= 1);
+      assert.equal(herd.runs.mirror[0].complete, clients);
+      assert.ok(herd.runs.mirror[0].peakRss > 0);
+
+      const slow = raw(results, "slow") as { runs: Record<string, { peakRss: number }[]> };
+      assert.ok(slow.runs.mirror.every((run) => run.peakRss > 0));
+
+      const startup = raw(results, "startup") as { runs: { ready: number; hit: number }[] };
+      assert.ok(startup.runs.every((run) => run.ready > 0 && run.hit >= run.ready));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
