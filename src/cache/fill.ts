@@ -10,7 +10,7 @@ import type { Store } from "./store.ts";
 /** How often a fill resumes a broken upstream transfer before giving up. */
 const MAX_RESUMES = 5;
 /** Largest chunk a follower reads from the spool at once. */
-const READ_CHUNK = 256 * 1024;
+const READ_CHUNK = 64 * 1024;
 
 /** Opens the upstream body from `offset` (0: the whole blob; else a `Range: bytes=offset-`). */
 export type OpenUpstream = (offset: number) => Promise<Response>;
@@ -129,7 +129,8 @@ export class Fill {
           file ??= await this.#store.openFill(this.#spoolPath, this.digest);
           if (filePos !== pos) await file.seek(pos, Deno.SeekMode.Start);
           const buffer = new Uint8Array(Math.min(READ_CHUNK, stop - pos));
-          const n = await file.read(buffer);
+          // The bytes were just written: a synchronous read copies them from the page cache.
+          const n = file.readSync(buffer);
           if (n === null) throw new Error(`spool of ${this.digest} ended early`);
           pos += n;
           filePos = pos;
