@@ -179,18 +179,10 @@ Deno.test({
         const listed = (await ctr(["images", "ls"])).split("\n")
           .map((line) => line.split(/\s+/)).find((cols) => cols[0] === image.reference);
         equal(listed?.[2], image.digest, `${image.reference}: listed digest`);
-        const output = await ctr([
-          "run",
-          "--rm",
-          "--snapshotter",
-          "native",
-          "--fifo-dir",
-          `${dir}/containerd/fifo`,
-          "--runc-root",
-          `${dir}/containerd/runc`,
+        const output = await containerd!.runImage(
           image.reference,
           `clients-offline-${++containers}`,
-        ]);
+        );
         equal(output, image.output, `${image.reference}: ctr run output`);
       };
       let podman: Podman | undefined;

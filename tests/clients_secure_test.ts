@@ -302,18 +302,7 @@ Deno.test({
                 const listed = (await containerd.ctr(["images", "ls"])).split("\n")
                   .map((line) => line.split(/\s+/)).find((cols) => cols[0] === image.reference);
                 equal(listed?.[2], image.digest, "listed digest");
-                const output = await containerd.ctr([
-                  "run",
-                  "--rm",
-                  "--snapshotter",
-                  "native",
-                  "--fifo-dir",
-                  `${dir}/containerd/fifo`,
-                  "--runc-root",
-                  `${dir}/containerd/runc`,
-                  image.reference,
-                  "clients-secure-test",
-                ]);
+                const output = await containerd.runImage(image.reference, "clients-secure-test");
                 equal(output, image.output, "ctr run output");
                 assertServed(m, from, image);
                 await assertAuthenticated(m, from, image);

@@ -181,18 +181,10 @@ Deno.test({
             const listed = (await containerd.ctr(["images", "ls"])).split("\n")
               .map((line) => line.split(/\s+/)).find((cols) => cols[0] === image.reference);
             equal(listed?.[2], image.digest, `${image.reference}: listed digest`);
-            const output = await containerd.ctr([
-              "run",
-              "--rm",
-              "--snapshotter",
-              "native",
-              "--fifo-dir",
-              `${dir}/containerd/fifo`,
-              "--runc-root",
-              `${dir}/containerd/runc`,
+            const output = await containerd.runImage(
               image.reference,
               `clients-test-${++containers}`,
-            ]);
+            );
             equal(output, image.output, `${image.reference}: ctr run output`);
             assertServed(m, from, image);
             ok(
