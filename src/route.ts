@@ -41,6 +41,8 @@ const OPS_PATHS: Record<string, OpsEndpoint> = {
 
 const DOCKER_HUB = "docker.io";
 const MEDIA_TYPE = /^[a-zA-Z0-9][\w.+-]*\/[\w.+-]+$/;
+/** Largest `n` passed on for a tags list page. */
+const MAX_PAGE_SIZE = 999_999;
 
 /**
  * Decides how to serve a request, in the order: `?ns=`, Host header, registry name after `/v2/`,
@@ -109,10 +111,17 @@ export function route(request: Request, config: Config): Route | RegistryError {
   switch (op[0]) {
     case "manifests": {
       const reference = op[1];
-      if (isDigestReference(reference) ? !isValidDigest(reference) : !isValidTag(reference)) {
-        return isDigestReference(reference)
-          ? new RegistryError("DIGEST_INVALID", `invalid digest "${reference}"`)
-          : new RegistryError("TAG_INVALID", `invalid tag "${reference}"`);
+      if (isDigestReference(reference)) {
+        if (!isValidDigest(reference)) {
+          return new RegistryError("DIGEST_INVALID", `invalid digest "${reference}"`);
+        }
+      } else if (!isValidTag(reference)) {
+        // The OCI conformance suite expects 404 for a reference that is not a tag (Distribution's
+        // router answers 404 too): no manifest can have it.
+        return new RegistryError(
+          "MANIFEST_UNKNOWN",
+          `manifest unknown: "${reference}" is neither a tag nor a digest`,
+        );
       }
       return { kind: "manifest", method, ...target, reference };
     }
@@ -128,7 +137,7 @@ export function route(request: Request, config: Config): Route | RegistryError {
       if (!isValidDigest(digest)) {
         return new RegistryError("DIGEST_INVALID", `invalid digest "${digest}"`);
       }
-      const artifactType = url.searchParams.get("artifactType") ?? undefined;
+      const artifactType = url.searchParams.get("artifactType") || undefined;
       if (artifactType !== undefined && !MEDIA_TYPE.test(artifactType)) {
         return new RegistryError("UNSUPPORTED", `invalid artifactType "${artifactType}"`, {
           status: 400,
@@ -137,15 +146,17 @@ export function route(request: Request, config: Config): Route | RegistryError {
       return { kind: "referrers", ...target, digest, artifactType };
     }
     default: {
-      const nText = url.searchParams.get("n");
-      const last = url.searchParams.get("last") ?? undefined;
-      if (nText !== null && !/^\d{1,6}$/.test(nText)) {
+      // Empty parameters count as absent, as in Distribution (`?n=&last=` asks for everything).
+      const nText = url.searchParams.get("n") || undefined;
+      const last = url.searchParams.get("last") || undefined;
+      if (nText !== undefined && !/^\d+$/.test(nText)) {
         return new RegistryError("PAGINATION_NUMBER_INVALID", `invalid page size n=${nText}`);
       }
       if (last !== undefined && !isValidTag(last)) {
         return new RegistryError("TAG_INVALID", `invalid tag "${last}" in last=`);
       }
-      const n = nText === null ? undefined : Number(nText);
+      // A larger n is clamped, not refused: a registry MAY return fewer than n with a Link.
+      const n = nText === undefined ? undefined : Math.min(Number(nText), MAX_PAGE_SIZE);
       return { kind: "tags", ...target, n, last, clientPath, ns };
     }
   }
@@ -153,21 +164,33 @@ export function route(request: Request, config: Config): Route | RegistryError {
 
 /** The trailing segments naming the operation: `manifests/<ref>`, `blobs/<digest>`, ... */
 function operation(segments: string[]): string[] | RegistryError {
+  const upload = uploadSession(segments);
+  if (upload !== undefined) {
+    // GET or HEAD of an upload URL (the upload status, end-13): a read-only mirror has none.
+    return new RegistryError(
+      "BLOB_UPLOAD_UNKNOWN",
+      `blob upload ${upload === "" ? "" : `"${upload}" `}unknown: this mirror is read-only`,
+    );
+  }
   const [op, arg] = segments.slice(-2);
   const hasName = segments.length > 2;
   if (hasName && (op === "manifests" || op === "blobs" || op === "referrers") && arg !== "") {
     return [op, arg];
   }
   if (hasName && op === "tags" && arg === "list") return [op, arg];
-  if (segments.includes("uploads") && segments.includes("blobs")) {
-    return new RegistryError("UNSUPPORTED", "uploads are not supported: this mirror is read-only", {
-      status: 405,
-      headers: { allow: "GET, HEAD" },
-    });
-  }
   return new RegistryError("UNSUPPORTED", `no such endpoint: /v2/${segments.join("/")}`, {
     status: 404,
   });
+}
+
+/** The session of an upload URL, `<name>/blobs/uploads[/<session>]` ("" for none), else undefined. */
+function uploadSession(segments: string[]): string | undefined {
+  const n = segments.length;
+  if (n >= 3 && segments[n - 2] === "blobs" && segments[n - 1] === "uploads") return "";
+  if (n >= 4 && segments[n - 3] === "blobs" && segments[n - 2] === "uploads") {
+    return segments[n - 1];
+  }
+  return undefined;
 }
 
 /** A registry by name or alias; a value not configured is an error, never a host to dial. */

@@ -1,8 +1,15 @@
 // The small pass-through endpoints: GET /v2/ (the ping), tags list and referrers.
 
+import { readLimited } from "../body.ts";
+import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
 import { forwardedHeaders, type HandlerContext, pullScope, registryHeaders } from "./context.ts";
+
+type TagsRoute = Extract<Route, { kind: "tags" }>;
+
+/** Largest upstream tag list read when a page size is asked for (the whole list, if not paged). */
+const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
 
 /** `GET /v2/`: the mirror answers itself; no upstream is asked. */
 export function handleBase(request: Request): Response {
@@ -10,14 +17,20 @@ export function handleBase(request: Request): Response {
   return new Response(request.method === "HEAD" ? null : "{}", { headers });
 }
 
-/** `GET /v2/<name>/tags/list`: passed through, with the pagination `Link` rewritten for the client. */
+/**
+ * `GET /v2/<name>/tags/list`: passed through, with the pagination `Link` rewritten for the client.
+ * With `n`, the page is checked against the spec: `n=0` is an empty list without `Link`, and a
+ * list longer than `n` (an upstream that ignores `n`, as Distribution 2.x does) is paged here.
+ */
 export async function handleTags(
-  route: Extract<Route, { kind: "tags" }>,
+  route: TagsRoute,
   request: Request,
   ctx: HandlerContext,
 ): Promise<Response> {
   const query = new URLSearchParams();
-  if (route.n !== undefined) query.set("n", String(route.n));
+  // For n=0 one tag is asked for (some registries refuse n=0): the answer's status still says
+  // whether the repository exists and may be read.
+  if (route.n !== undefined) query.set("n", String(Math.max(route.n, 1)));
   if (route.last !== undefined) query.set("last", route.last);
   const response = await ctx.upstream(route.registry).request({
     method: request.method === "HEAD" ? "HEAD" : "GET",
@@ -28,10 +41,77 @@ export async function handleTags(
   }, ctx.record);
   ctx.record.upstreamStatus = response.status;
   if (response.status !== 200) throw await upstreamError(response, route.registry, "repository");
-  const headers = passHeaders(response, ["content-type", "content-length"]);
-  const link = response.headers.get("link");
-  if (link) headers.set("link", rewriteLink(link, route.name, route.clientPath, route.ns));
-  return new Response(response.body, { headers });
+  const link = response.headers.get("link") ?? undefined;
+  if (route.n === undefined || request.method === "HEAD") {
+    const headers = passHeaders(response, ["content-type", "content-length"]);
+    if (link && route.n !== 0) headers.set("link", clientLink(link, route));
+    return new Response(response.body, { headers });
+  }
+  const list = parseTagList(await readLimited(response.body, MAX_TAG_LIST_BYTES), route.name);
+  if (!list) {
+    throw new RegistryError(
+      "UNAVAILABLE",
+      `upstream ${route.registry} sent an invalid or oversized tag list`,
+      { status: 502 },
+    );
+  }
+  const page = tagsPage(list, { ...route, n: route.n, link });
+  const headers = registryHeaders({ "content-type": "application/json" });
+  if (page.link) headers.set("link", page.link);
+  return new Response(JSON.stringify(page.body), { headers });
+}
+
+/** A tags list body: `{"name": "<name>", "tags": [...]}`. */
+export interface TagList {
+  name: string;
+  tags: string[];
+}
+
+/**
+ * The page a client asking for `n` tags after `last` gets from the upstream's answer `list`
+ * (whose `Link` is `link`). `n=0`: an empty list and no `Link`. An upstream page of at most `n`
+ * tags is kept with its `Link`. A longer one is a list the upstream did not page: it is paged
+ * here in ASCIIbetical order, with a `Link` to the next page while tags remain.
+ */
+export function tagsPage(
+  list: TagList,
+  page: Pick<TagsRoute, "name" | "last" | "clientPath" | "ns"> & { n: number; link?: string },
+): { body: TagList; link?: string } {
+  const { n, last } = page;
+  if (n === 0) return { body: { name: list.name, tags: [] } };
+  if (list.tags.length <= n) {
+    return {
+      body: list,
+      link: page.link === undefined ? undefined : clientLink(page.link, page),
+    };
+  }
+  const after = list.tags.filter((tag) => last === undefined || tag > last).sort();
+  const tags = after.slice(0, n);
+  if (after.length <= n) return { body: { name: list.name, tags } };
+  const query = new URLSearchParams({ n: String(n), last: tags[n - 1] });
+  if (page.ns !== undefined) query.set("ns", page.ns);
+  return {
+    body: { name: list.name, tags },
+    link: `<${page.clientPath}/tags/list?${query}>; rel="next"`,
+  };
+}
+
+/** The upstream's tags list (named `name` if it says no name), or undefined if not one. */
+export function parseTagList(bytes: Uint8Array | undefined, name: string): TagList | undefined {
+  if (bytes === undefined) return undefined;
+  try {
+    const body = JSON.parse(new TextDecoder().decode(bytes));
+    // Distribution answers `"tags": null` for a repository without tags.
+    const tags: unknown = body?.tags ?? [];
+    if (!Array.isArray(tags) || !tags.every((tag) => typeof tag === "string")) return undefined;
+    return { name: typeof body.name === "string" ? body.name : name, tags };
+  } catch {
+    return undefined;
+  }
+}
+
+function clientLink(link: string, route: Pick<TagsRoute, "name" | "clientPath" | "ns">): string {
+  return rewriteLink(link, route.name, route.clientPath, route.ns);
 }
 
 /** `GET /v2/<name>/referrers/<digest>`: passed through (a 404 tells clients to use tag schema). */

@@ -3,6 +3,7 @@
 /** OCI distribution-spec error codes, plus the few Distribution adds that clients know. */
 export type ErrorCode =
   | "BLOB_UNKNOWN"
+  | "BLOB_UPLOAD_UNKNOWN"
   | "DIGEST_INVALID"
   | "MANIFEST_UNKNOWN"
   | "MANIFEST_INVALID"
@@ -21,6 +22,7 @@ export type ErrorCode =
 /** Default status for each code, used when an upstream error body names a code but we re-emit it. */
 const STATUS_BY_CODE: Record<ErrorCode, number> = {
   BLOB_UNKNOWN: 404,
+  BLOB_UPLOAD_UNKNOWN: 404,
   DIGEST_INVALID: 400,
   MANIFEST_UNKNOWN: 404,
   MANIFEST_INVALID: 400,
