@@ -1,6 +1,8 @@
 // Prometheus metrics: counters, gauges and histograms with labels, in the text exposition format,
 // plus the few recent facts the dashboard shows (most pulled images, recent upstream errors).
 
+import { LRUCache } from "lru-cache";
+
 type Labels = Record<string, string>;
 
 function labelKey(labels: Labels): string {
@@ -111,6 +113,8 @@ export interface UpstreamFailure {
 }
 
 const RECENT_ERRORS = 20;
+/** Images whose pulls are counted: the dashboard shows 10, images in use stay; ~2 MB. */
+const MAX_PULLED_IMAGES = 10_000;
 
 /** Every metric of the mirror. Gauges read from live state are set by `collect` callbacks. */
 export class MirrorMetrics {
@@ -163,6 +167,14 @@ export class MirrorMetrics {
     "registry_mirror_digest_mismatches_total",
     "Fills discarded because the content did not match its digest.",
   );
+  readonly diskErrors = new LiveCounter(
+    "registry_mirror_disk_errors_total",
+    "Local cache writes that failed (full disk, I/O error); the content was served uncached.",
+  );
+  readonly passThrough = new LiveCounter(
+    "registry_mirror_fills_uncached_total",
+    "Blob fills whose bytes reached clients without being cached (disk error, too large).",
+  );
   readonly cacheSize = new Gauge("registry_mirror_cache_size_bytes", "Bytes held in the cache.");
   readonly cacheMaxSize = new Gauge(
     "registry_mirror_cache_max_size_bytes",
@@ -173,8 +185,11 @@ export class MirrorMetrics {
     "registry_mirror_evictions_total",
     "Objects deleted by eviction since start.",
   );
-  /** Manifest pulls per image (`registry/repository:reference`), for the dashboard. */
-  readonly pulls = new Map<string, number>();
+  /**
+   * Manifest pulls per image (`registry/repository:reference`), for the dashboard: names are the
+   * clients' choice, so only the most recently pulled images are counted.
+   */
+  readonly pulls = new LRUCache<string, number>({ max: MAX_PULLED_IMAGES });
   readonly recentErrors: UpstreamFailure[] = [];
   readonly #collectors: (() => void)[] = [];
 
@@ -205,6 +220,8 @@ export class MirrorMetrics {
       this.coalesced,
       this.fillResumes,
       this.digestMismatches,
+      this.diskErrors,
+      this.passThrough,
       this.cacheSize,
       this.cacheMaxSize,
       this.cacheObjects,

@@ -42,3 +42,19 @@ Deno.test("metrics: collectors run before each render; recent errors are bounded
   equal(m.recentErrors[0].message, "29");
   match(m.render(), /# TYPE registry_mirror_evictions_total counter/);
 });
+
+Deno.test("metrics: pull counts keep only the most recently pulled images", () => {
+  const m = new MirrorMetrics();
+  const pull = (image: string) => m.pulls.set(image, (m.pulls.get(image) ?? 0) + 1);
+  pull("docker.io/library/busybox:1");
+  for (let i = 0; i < 20_000; i++) {
+    pull(`docker.io/x/n${i}:latest`);
+    if (i % 100 === 0) pull("docker.io/library/ubuntu:24.04");
+  }
+  equal(m.pulls.size, 10_000, "bounded, not one entry per name ever pulled");
+  equal(m.pulls.get("docker.io/library/busybox:1"), undefined, "the least recent left");
+  equal(m.pulls.get("docker.io/x/n19999:latest"), 1);
+  equal(m.pulls.get("docker.io/library/ubuntu:24.04"), 200, "an image in use keeps its count");
+  const top = [...m.pulls.entries()].sort((a, b) => b[1] - a[1])[0];
+  equal(top[0], "docker.io/library/ubuntu:24.04");
+});

@@ -2,12 +2,15 @@
 // before any cache or upstream work.
 
 import bcrypt from "bcryptjs";
+import { LRUCache } from "lru-cache";
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Config } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 
 /** How long a verified Basic credential is remembered (bcrypt is slow on purpose). */
 const VERIFIED_TTL_MS = 5 * 60_000;
+/** Verified credentials remembered: far more than clients in use; a miss costs one bcrypt check. */
+const MAX_VERIFIED = 1_000;
 const REALM = "registry-mirror";
 
 /** Users from an htpasswd file: name -> bcrypt hash. Other hash kinds are refused. */
@@ -31,15 +34,31 @@ export interface Client {
   user: string;
 }
 
+/** Options of ClientAuth. */
+export interface ClientAuthOptions {
+  /** Clock, ms since the epoch (default Date.now). */
+  now?: () => number;
+}
+
 /** Checks the Authorization header of each request against htpasswd users and static tokens. */
 export class ClientAuth {
   readonly #users: Map<string, string>;
   readonly #tokens: Buffer[];
-  readonly #verified = new Map<string, { user: string; until: number }>();
+  readonly #now: () => number;
+  /** Keyed by the Authorization value a client sent: bounded, and entries leave when expired. */
+  readonly #verified: LRUCache<string, { user: string; until: number }>;
 
-  constructor(users: Map<string, string>, tokens: string[]) {
+  constructor(users: Map<string, string>, tokens: string[], options: ClientAuthOptions = {}) {
     this.#users = users;
     this.#tokens = tokens.map((t) => sha256(t));
+    this.#now = options.now ?? Date.now;
+    // ttlResolution 0: read the clock on every check (and start no timer).
+    this.#verified = new LRUCache({
+      max: MAX_VERIFIED,
+      ttl: VERIFIED_TTL_MS,
+      perf: { now: this.#now },
+      ttlResolution: 0,
+    });
   }
 
   /** Loads the htpasswd file named in the config. */
@@ -58,11 +77,11 @@ export class ClientAuth {
       if (this.#tokens.some((t) => timingSafeEqual(t, hash))) return { user: "token" };
     } else if (scheme.toLowerCase() === "basic" && value) {
       const known = this.#verified.get(value);
-      if (known && known.until > Date.now()) return { user: known.user };
+      if (known && known.until > this.#now()) return { user: known.user };
       const decoded = decodeBasic(value);
       const hash = decoded && this.#users.get(decoded.user);
       if (decoded && hash && await bcrypt.compare(decoded.password, hash)) {
-        this.#verified.set(value, { user: decoded.user, until: Date.now() + VERIFIED_TTL_MS });
+        this.#verified.set(value, { user: decoded.user, until: this.#now() + VERIFIED_TTL_MS });
         return { user: decoded.user };
       }
     }

@@ -1,22 +1,32 @@
 // Request limits: URL length, header size, requests in flight, and a per-client request rate.
 
+import { LRUCache } from "lru-cache";
 import type { Config } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 
 /** Clients not seen for this long are forgotten by the rate limiter. */
 const IDLE_CLIENT_MS = 60_000;
+/** Clients remembered (IPv6 gives one client countless addresses): ~10 MB, far above real use. */
+const MAX_CLIENTS = 50_000;
 
 /** Admits or refuses each request, with a clear error for each limit. */
 export class Limits {
   readonly #settings: Config["limits"];
   readonly #now: () => number;
-  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  /** A forgotten client starts with a full burst, as it would after a minute idle. */
+  readonly #buckets: LRUCache<string, { tokens: number; at: number }>;
   #inFlight = 0;
-  #lastSweep = 0;
 
   constructor(settings: Config["limits"], now: () => number = Date.now) {
     this.#settings = settings;
     this.#now = now;
+    // ttlResolution 0: read the injected clock on every check (and start no timer).
+    this.#buckets = new LRUCache({
+      max: MAX_CLIENTS,
+      ttl: IDLE_CLIENT_MS,
+      perf: { now },
+      ttlResolution: 0,
+    });
   }
 
   /** A release function to call when the response is done, or the error to answer. */
@@ -64,12 +74,6 @@ export class Limits {
   #take(client: string): boolean {
     const now = this.#now();
     const rate = this.#settings.clientRate;
-    if (now - this.#lastSweep > IDLE_CLIENT_MS) {
-      for (const [key, b] of this.#buckets) {
-        if (now - b.at > IDLE_CLIENT_MS) this.#buckets.delete(key);
-      }
-      this.#lastSweep = now;
-    }
     const bucket = this.#buckets.get(client) ?? { tokens: 2 * rate, at: now };
     bucket.tokens = Math.min(2 * rate, bucket.tokens + (now - bucket.at) / 1000 * rate);
     bucket.at = now;

@@ -49,3 +49,18 @@ Deno.test("limits: per-client rate with bursts of twice the rate", () => {
     "refilled at 5 per second",
   );
 });
+
+Deno.test("limits: the rate limiter remembers a bounded number of clients", () => {
+  const limits = new Limits({ ...settings, clientRate: 1 }, () => 1_000_000);
+  const admit = (client: string) => {
+    const admitted = limits.admit(req(), client);
+    if (typeof admitted === "function") admitted();
+    return typeof admitted === "function";
+  };
+  const first = [1, 2, 3].map(() => admit("2001:db8::1"));
+  equal(first.join(), "true,true,false", "a burst of 2, then refused");
+  for (let i = 0; i < 50_000; i++) {
+    admit(`2001:db8:1:${(i >> 16).toString(16)}::${(i & 0xffff).toString(16)}`);
+  }
+  ok(admit("2001:db8::1"), "forgotten (bounded), so it starts with a full burst again");
+});

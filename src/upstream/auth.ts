@@ -1,5 +1,6 @@
 // Upstream authentication: answers Basic and Bearer challenges, caches tokens per realm+service+scope.
 
+import { LRUCache } from "lru-cache";
 import { getDomain } from "tldts";
 import type { RegistryConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
@@ -9,6 +10,8 @@ import { type Challenge, parseChallenges } from "./challenge.ts";
 const DEFAULT_EXPIRES_IN_S = 60;
 /** Longest a token server may take to answer. */
 const TOKEN_TIMEOUT_MS = 30_000;
+/** Tokens kept per upstream (one per repository scope): JWTs of 1-4 KB, so at most ~4 MB. */
+const MAX_TOKENS = 1_000;
 
 interface CachedToken {
   authorization: string;
@@ -31,7 +34,8 @@ export interface AuthDeps {
 export class UpstreamAuth {
   readonly #registry: RegistryConfig;
   readonly #deps: AuthDeps;
-  readonly #tokens = new Map<string, CachedToken>();
+  /** Scopes name repositories the clients chose: bounded, and each entry leaves when it expires. */
+  readonly #tokens: LRUCache<string, CachedToken>;
   readonly #pending = new Map<string, Promise<CachedToken>>();
   /** The Bearer realm and service of the last challenge, to send tokens before being asked. */
   #bearer?: { realm: string; service: string };
@@ -42,6 +46,8 @@ export class UpstreamAuth {
   constructor(registry: RegistryConfig, deps: AuthDeps) {
     this.#registry = registry;
     this.#deps = deps;
+    // ttlResolution 0: read the injected clock on every check (and start no timer).
+    this.#tokens = new LRUCache({ max: MAX_TOKENS, perf: { now: deps.now }, ttlResolution: 0 });
   }
 
   /** An Authorization value to send before any challenge, when one is known and fresh. */
@@ -103,7 +109,9 @@ export class UpstreamAuth {
       this.#pending.set(key, pending);
     }
     const token = await pending;
-    this.#tokens.set(key, token);
+    // The entry leaves with the token (lru-cache wants a positive whole number of ms).
+    const ttl = Math.max(1, Math.ceil(token.expiresAt - this.#deps.now()));
+    this.#tokens.set(key, token, { ttl });
     return token.authorization;
   }
 

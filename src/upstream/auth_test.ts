@@ -112,3 +112,25 @@ Deno.test("auth: Basic challenges are answered only with configured credentials"
   equal(withCreds.cached(undefined), value, "then sent up front");
   equal(await withCreds.answer('Basic realm="r"', undefined, value), undefined, "refused: no loop");
 });
+
+Deno.test("auth: tokens are bounded in number and leave when they expire", async () => {
+  const server = tokenServer();
+  let now = 1_000_000;
+  const auth = new UpstreamAuth(registry("https://registry-1.docker.io"), {
+    fetch: server.fetch,
+    now: () => now,
+    userAgent: "ua",
+  });
+  const challenge = (scope: string) =>
+    `Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="${scope}"`;
+  const scope = (i: number) => `repository:x/n${i}:pull`;
+  for (let i = 0; i < 20_000; i++) await auth.answer(challenge(scope(i)), scope(i), undefined);
+  equal(auth.tokenFetches, 20_000);
+  equal(auth.cached(scope(0)), undefined, "the least recently used token was dropped");
+  equal(auth.cached(scope(19_999)), "Bearer t1-20000");
+  equal(await auth.answer(challenge(scope(0)), scope(0), undefined), "Bearer t1-20001");
+  equal(auth.tokenFetches, 20_001, "a dropped token is fetched again");
+  now += 54_000; // 90% of expires_in 60 s
+  equal(auth.cached(scope(0)), undefined, "expired");
+  equal(await auth.answer(challenge(scope(0)), scope(0), undefined), "Bearer t1-20002");
+});
