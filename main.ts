@@ -4,8 +4,10 @@ import { existsSync } from "node:fs";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
-import { createApp } from "./src/app.ts";
+import { type AppDeps, createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
+import { FsStore } from "./src/cache/fs_store.ts";
+import { own, ownerClient, serveOwnerSocket, tryOwn } from "./src/cache/owner.ts";
 import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
 import { prefetch } from "./src/cli/prefetch.ts";
 import { type Config, ConfigError, describeConfig, loadConfig } from "./src/config.ts";
@@ -76,31 +78,77 @@ async function main(args: string[]): Promise<number> {
     case "serve":
       return await serve(config);
   }
+  if (command === "prefetch") return await prefetchCommand(config, [sub, ...rest], print);
+  return await cacheCommand(config, sub, values["max-size"], print);
+}
+
+/**
+ * `prefetch`: through the server that owns the cache when one runs (it caches, counts and evicts
+ * what is added), else in this process.
+ */
+async function prefetchCommand(
+  config: Config,
+  images: string[],
+  print: (line: string) => void,
+): Promise<number> {
+  const owned = await tryOwn(config.cache.dir);
+  if (!owned) {
+    const server = ownerClient(config.cache.dir);
+    try {
+      const totals = await prefetch(server.handler, images, print);
+      return totals.failed.length ? 1 : 0;
+    } finally {
+      server.close();
+    }
+  }
   const cache = await Cache.open(config.cache);
   try {
-    if (command === "prefetch") {
-      const totals = await prefetch(await wire(config, cache, true), [sub, ...rest], print);
-      return totals.failed.length ? 1 : 0;
-    }
-    if (sub === "ls") await cacheLs(cache, print);
-    if (sub === "du") await cacheDu(cache, print);
-    if (sub === "gc") {
-      const text = values["max-size"];
-      const maxSize = text === undefined ? config.cache.maxSizeBytes : parseSize(text);
-      if (maxSize === undefined) {
-        console.error("registry-mirror: cache gc needs --max-size SIZE or cache.maxSize");
-        return 2;
-      }
-      await cacheGc(cache, maxSize, print);
-    }
-    return 0;
+    const deps = await dependencies(config, cache);
+    const totals = await prefetch(createApp({ ...deps, operator: true }), images, print);
+    return totals.failed.length ? 1 : 0;
   } finally {
     await cache.eviction.close();
+    owned.close();
   }
 }
 
-/** The mirror's request handler with its upstream clients, metrics and security. */
-async function wire(config: Config, cache: Cache, operator = false) {
+/** `cache ls|du` only read, beside a server or not; `cache gc` evicts, so only without one. */
+async function cacheCommand(
+  config: Config,
+  sub: string,
+  maxSizeText: string | undefined,
+  print: (line: string) => void,
+): Promise<number> {
+  if (sub === "ls" || sub === "du") {
+    const store = await FsStore.open(config.cache.dir, { clean: false });
+    await (sub === "ls" ? cacheLs(store, print) : cacheDu(store, print));
+    return 0;
+  }
+  const maxSize = maxSizeText === undefined ? config.cache.maxSizeBytes : parseSize(maxSizeText);
+  if (maxSize === undefined) {
+    console.error("registry-mirror: cache gc needs --max-size SIZE or cache.maxSize");
+    return 2;
+  }
+  const owned = await tryOwn(config.cache.dir);
+  if (!owned) {
+    console.error(
+      `registry-mirror: a registry-mirror server is running on ${config.cache.dir}: only it ` +
+        "evicts (down to cache.maxSize, by itself); stop it to run cache gc",
+    );
+    return 1;
+  }
+  const cache = await Cache.open(config.cache);
+  try {
+    await cacheGc(cache, maxSize, print);
+    return 0;
+  } finally {
+    await cache.eviction.close();
+    owned.close();
+  }
+}
+
+/** What the mirror's request handler is built from: upstream clients, metrics and security. */
+async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
   const metrics = new MirrorMetrics();
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
@@ -120,11 +168,13 @@ async function wire(config: Config, cache: Cache, operator = false) {
     metrics.coalesced.set({}, fills.coalesced);
     metrics.fillResumes.set({}, fills.resumes);
     metrics.digestMismatches.set({}, fills.digestMismatches);
+    metrics.diskErrors.set({}, cache.diskErrors);
+    metrics.passThrough.set({}, fills.passThrough);
     for (const [name, client] of clients) {
       metrics.tokenFetches.set({ registry: name }, client.auth.tokenFetches);
     }
   });
-  return createApp({
+  return {
     config,
     clients,
     cache,
@@ -132,8 +182,7 @@ async function wire(config: Config, cache: Cache, operator = false) {
     policy: new Policy(config.policy),
     limits: new Limits(config.limits),
     auth: config.auth && await ClientAuth.load(config.auth),
-    operator,
-  });
+  };
 }
 
 async function serve(config: Config): Promise<number> {
@@ -145,6 +194,7 @@ async function serve(config: Config): Promise<number> {
     );
     return 1;
   }
+  const owned = await own(config.cache.dir);
   const cache = await Cache.open(config.cache, { clean: true });
   const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
   if (withCredentials.length > 0 && !config.auth) {
@@ -156,18 +206,25 @@ async function serve(config: Config): Promise<number> {
     );
   }
   let server;
+  const deps = await dependencies(config, cache);
   try {
-    server = await startServer(config, await wire(config, cache));
+    server = await startServer(config, createApp(deps));
   } catch (e) {
     console.error(`registry-mirror: cannot serve: ${(e as Error).message}`);
     return 1;
   }
+  // Commands beside the server (prefetch) go through it: its cache, its pins, its eviction.
+  const commands = serveOwnerSocket(
+    config.cache.dir,
+    createApp({ ...deps, auth: undefined, operator: true }),
+  );
   let stopping = false;
   const stop = () => {
     if (stopping) return;
     stopping = true;
     log.info("shutting down: waiting up to {graceMs} ms for in-flight responses", { graceMs });
     server.shutdown();
+    commands?.shutdown();
     const timer = setTimeout(() => {
       log.warn("in-flight responses still running after {graceMs} ms: exiting", { graceMs });
       Deno.exit(0);
@@ -177,7 +234,9 @@ async function serve(config: Config): Promise<number> {
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
   await server.finished;
+  await commands?.finished;
   await cache.eviction.close();
+  owned.close();
   log.info("stopped");
   return 0;
 }

@@ -1,5 +1,6 @@
 // The request handler given to Deno.serve: route, dispatch to a handler, map errors, log one line.
 
+import { LRUCache } from "lru-cache";
 import type { Cache } from "./cache/cache.ts";
 import type { Config } from "./config.ts";
 import { handleBlob } from "./handlers/blob.ts";
@@ -43,6 +44,8 @@ export interface ServeInfo {
 const PUBLIC_ENDPOINTS = new Set(["healthz", "readyz"]);
 /** How long a repository found private upstream is not asked again. */
 const PRIVATE_VERDICT_TTL_MS = 60_000;
+/** Private verdicts kept (names are the clients' choice): ~2 MB; a miss costs one upstream ask. */
+const MAX_PRIVATE_VERDICTS = 10_000;
 
 /** Builds the `Request -> Response` function of the mirror. */
 export function createApp(
@@ -55,7 +58,13 @@ export function createApp(
     metrics: deps.metrics,
     startedAt: Date.now(),
   };
-  const privateUntil = new Map<string, number>();
+  // ttlResolution 0: read the clock on every check (and start no timer).
+  const privateUntil = new LRUCache<string, number>({
+    max: MAX_PRIVATE_VERDICTS,
+    ttl: PRIVATE_VERDICT_TTL_MS,
+    perf: { now: deps.now ?? Date.now },
+    ttlResolution: 0,
+  });
   return async (request, info) => {
     const started = performance.now();
     const url = new URL(request.url);
@@ -131,16 +140,16 @@ async function requirePublic(
   ctx: HandlerContext,
   registry: string,
   name: string,
-  privateUntil: Map<string, number>,
+  privateUntil: LRUCache<string, number>,
 ): Promise<void> {
-  const { store } = deps.cache;
-  if (await store.hasLink(registry, name, PUBLIC_MARK)) return;
+  const { cache } = deps;
+  if (await cache.hasLink(registry, name, PUBLIC_MARK)) return;
   const key = `${registry}/${name}`;
   let isPrivate = (privateUntil.get(key) ?? 0) > ctx.now();
   if (!isPrivate) {
     isPrivate = !(await deps.clients.get(registry)!.isPublic(name));
     if (isPrivate) privateUntil.set(key, ctx.now() + PRIVATE_VERDICT_TTL_MS);
-    else await store.addLink(registry, name, PUBLIC_MARK);
+    else await cache.addLink(registry, name, PUBLIC_MARK);
   }
   if (isPrivate) {
     throw new RegistryError(

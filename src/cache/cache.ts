@@ -1,16 +1,39 @@
-// The cache: its store, the in-memory eviction index, blob fills and hit/miss counters.
+// The cache, one owner with a small API: blobs (pinned, then opened), fills, manifests, tag
+// records and repository links over a Store. Handlers call it; they never coordinate the store,
+// pins, fills and in-flight maps themselves. Local write failures are logged and counted as
+// "disk", never thrown at a client: the content is then served without being cached.
 
+import { LRUCache } from "lru-cache";
 import type { Config } from "../config.ts";
+import { log } from "../log.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
 import { Eviction } from "./eviction.ts";
-import { Fills } from "./fill.ts";
+import { type Fill, Fills, type OpenUpstream } from "./fill.ts";
 import { FsStore } from "./fs_store.ts";
 import { SingleFlight } from "./singleflight.ts";
-import type { Store, StoredManifest, TagRecord } from "./store.ts";
+import type { OpenedBlob, Store, TagRecord } from "./store.ts";
 
 /** X-Cache values: served from the cache, fetched upstream, or served stale while upstream failed. */
 export type CacheStatus = "HIT" | "MISS" | "STALE";
 
-/** Everything the handlers need to use the cache. */
+/** A manifest with what it says about itself (its media type comes from its own bytes). */
+export interface Manifest {
+  digest: string;
+  mediaType: string;
+  bytes: Uint8Array<ArrayBuffer>;
+  parsed: ParsedManifest;
+}
+
+/** A cached blob, opened and pinned; `release` unpins it once the response is done. */
+export interface CachedBlob extends OpenedBlob {
+  release(): void;
+}
+
+/** Tags whose revalidation failed are paused: bounded, since tags are chosen by clients. */
+const MAX_PAUSED_TAGS = 10_000;
+
+/** The cache of the mirror. */
 export class Cache {
   readonly store: Store;
   readonly eviction: Eviction;
@@ -19,21 +42,26 @@ export class Cache {
   readonly counts: Record<CacheStatus, number> = { HIT: 0, MISS: 0, STALE: 0 };
   /** Concurrent lookups of one tag share one upstream request. */
   readonly tagFlights = new SingleFlight<TagRecord>();
-  /** Tags whose revalidation failed: served stale without asking upstream until then (ms). */
-  readonly staleUntil = new Map<string, number>();
   /** Concurrent misses of one manifest digest share one upstream request. */
-  readonly manifestFlights = new SingleFlight<StoredManifest>();
+  readonly manifestFlights = new SingleFlight<Manifest>();
+  readonly #now: () => number;
+  /** Tags whose revalidation failed: served stale without asking upstream until then (ms). */
+  readonly #staleUntil = new LRUCache<string, number>({ max: MAX_PAUSED_TAGS });
+  #diskErrors = 0;
+  /** The last local write failure, until a write succeeds again (for /readyz). */
+  lastDiskError?: string;
 
-  constructor(store: Store, settings: Config["cache"]) {
+  constructor(store: Store, settings: Config["cache"], now: () => number = Date.now) {
     this.store = store;
+    this.#now = now;
     this.tagTtlMs = settings.tagTtlMs;
-    this.eviction = new Eviction(store, settings.maxSizeBytes);
-    this.fills = new Fills(store, this.eviction);
+    this.eviction = new Eviction(store, settings.maxSizeBytes, now);
+    this.fills = new Fills({ store, eviction: this.eviction });
   }
 
   /**
-   * Opens the filesystem cache; the eviction index is rebuilt in the background. The server
-   * passes `clean` to remove a crash's leftovers; commands run beside a server must not.
+   * Opens the filesystem cache; the eviction index is rebuilt in the background. Only the
+   * serving process opens it this way (`clean` removes a crash's leftovers, and it evicts).
    */
   static async open(settings: Config["cache"], options = { clean: false }): Promise<Cache> {
     const cache = new Cache(await FsStore.open(settings.dir, options), settings);
@@ -43,4 +71,142 @@ export class Cache {
 
   /** Settles when the eviction index has been rebuilt from disk. */
   loaded: Promise<void> = Promise.resolve();
+
+  /** Local write failures since start (fills included). */
+  get diskErrors(): number {
+    return this.#diskErrors + this.fills.stats.diskErrors;
+  }
+
+  /** A cached blob, pinned before it is opened so that eviction cannot take it in between. */
+  async openBlob(digest: string): Promise<CachedBlob | undefined> {
+    const release = this.eviction.pin("blob", digest);
+    const blob = await this.store.openBlob(digest).catch((e) => {
+      release();
+      throw e;
+    });
+    if (!blob) {
+      release();
+      return undefined;
+    }
+    this.eviction.touched("blob", digest);
+    return Object.assign(blob, { release });
+  }
+
+  /** The fill of `digest` in flight, joined, or a new one started with `open`. */
+  fill(
+    digest: string,
+    origin: Fill["origin"],
+    open: OpenUpstream,
+  ): { fill: Promise<Fill>; joined: boolean } {
+    const pending = this.fills.get(digest);
+    if (pending) {
+      this.fills.stats.coalesced++;
+      return { fill: pending, joined: true };
+    }
+    return { fill: this.fills.begin(digest, origin, open), joined: false };
+  }
+
+  /** Follows a fill from `start` to `end` (see Fill.follow), the blob pinned meanwhile. */
+  follow(
+    fill: Fill,
+    start: number,
+    end: number | undefined,
+    release: (sent: number, complete: boolean) => void,
+  ): ReadableStream<Uint8Array> {
+    const unpin = this.eviction.pin("blob", fill.digest);
+    return fill.follow(start, end, (sent, complete) => {
+      unpin();
+      release(sent, complete);
+    });
+  }
+
+  /** A cached manifest, verified against its digest; one that no longer parses is dropped. */
+  async manifest(digest: string): Promise<Manifest | undefined> {
+    const bytes = await this.store.getManifest(digest);
+    if (!bytes) return undefined;
+    const parsed = parseManifest(bytes, digest);
+    if (parsed instanceof RegistryError) {
+      log.warn("cached manifest {digest} is not a valid manifest: removed ({error})", {
+        digest,
+        error: parsed.message,
+      });
+      await this.store.delete("manifest", digest).catch(() => {});
+      return undefined;
+    }
+    this.eviction.touched("manifest", digest);
+    return { digest, mediaType: parsed.mediaType, bytes, parsed };
+  }
+
+  /** Stores a verified manifest and links it to the repository it came from. */
+  async keepManifest(registry: string, repository: string, manifest: Manifest): Promise<void> {
+    await this.#write(`manifest ${manifest.digest}`, async () => {
+      await this.store.putManifest(manifest.digest, manifest.bytes);
+      this.eviction.added("manifest", manifest.digest, manifest.bytes.byteLength);
+      await this.store.addLink(registry, repository, manifest.digest);
+    });
+  }
+
+  /** The tag record, if any. */
+  tag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined> {
+    return this.store.getTag(registry, repository, tag);
+  }
+
+  /** Records what a tag points to, as the upstream said with the full Accept list. */
+  async keepTag(registry: string, repository: string, tag: string, record: TagRecord) {
+    await this.#write(
+      `tag ${registry}/${repository}:${tag}`,
+      () => this.store.putTag(registry, repository, tag, record),
+    );
+  }
+
+  /** Forgets a tag the upstream no longer has. */
+  async dropTag(registry: string, repository: string, tag: string): Promise<void> {
+    this.#staleUntil.delete(`${registry}/${repository}:${tag}`);
+    await this.store.deleteTag(registry, repository, tag);
+  }
+
+  /** True while a tag whose revalidation failed is served stale without asking upstream. */
+  stalePaused(key: string): boolean {
+    return (this.#staleUntil.get(key) ?? 0) > this.#now();
+  }
+
+  /** Pauses revalidation of a tag for `ms`, or ends the pause (`ms` 0). */
+  pauseStale(key: string, ms: number): void {
+    if (ms > 0) this.#staleUntil.set(key, this.#now() + ms);
+    else this.#staleUntil.delete(key);
+  }
+
+  hasLink(registry: string, repository: string, digest: string): Promise<boolean> {
+    return this.store.hasLink(registry, repository, digest);
+  }
+
+  /** Remembers that the upstream confirmed `repository` holds `digest`. */
+  async addLink(registry: string, repository: string, digest: string): Promise<void> {
+    await this.#write(
+      `link ${registry}/${repository}@${digest}`,
+      () => this.store.addLink(registry, repository, digest),
+    );
+  }
+
+  /** Why the cache cannot take writes now, if it cannot (a probe write, fsynced). */
+  async writeProblem(): Promise<string | undefined> {
+    try {
+      await this.store.probeWrite();
+      this.lastDiskError = undefined;
+      return undefined;
+    } catch (e) {
+      return `the cache cannot write: ${(e as Error).message}`;
+    }
+  }
+
+  /** Runs a store write; a failure is logged and counted as a disk error, not thrown. */
+  async #write(what: string, write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (e) {
+      this.#diskErrors++;
+      this.lastDiskError = (e as Error).message;
+      log.error("cannot cache {what}: disk: {error}", { what, error: this.lastDiskError });
+    }
+  }
 }

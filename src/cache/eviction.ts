@@ -25,16 +25,20 @@ export class Eviction {
   readonly #entries = new Map<string, Entry>();
   readonly #pins = new Map<string, number>();
   readonly #touched = new Set<string>();
+  readonly #now: () => number;
   #bytes = 0;
+  /** Bytes promised to fills in flight (their Content-Length), counted in `#bytes` too. */
+  #reserved = 0;
   #loaded = false;
   #running?: Promise<void>;
   #timer?: ReturnType<typeof setInterval>;
   /** Objects deleted by eviction since start. */
   evictions = 0;
 
-  constructor(store: Store, maxSize: number | undefined) {
+  constructor(store: Store, maxSize: number | undefined, now: () => number = Date.now) {
     this.#store = store;
     this.#maxSize = maxSize;
+    this.#now = now;
   }
 
   /** Builds the index from the store (objects added meanwhile are kept), then evicts if needed. */
@@ -52,8 +56,35 @@ export class Eviction {
   }
 
   /** Sizes and counts for metrics and logs. */
-  stats(): { objects: number; bytes: number; evictions: number } {
-    return { objects: this.#entries.size, bytes: this.#bytes, evictions: this.evictions };
+  stats(): { objects: number; bytes: number; reserved: number; evictions: number } {
+    return {
+      objects: this.#entries.size,
+      bytes: this.#bytes - this.#reserved,
+      reserved: this.#reserved,
+      evictions: this.evictions,
+    };
+  }
+
+  /** True when an object of `size` bytes may be cached at all (it fits in maxSize). */
+  fits(size: number): boolean {
+    return this.#maxSize === undefined || size <= this.#maxSize;
+  }
+
+  /**
+   * Counts `size` bytes a fill is about to write against maxSize, evicting to make room. Returns
+   * the release function, called when the fill ends (before `added` on success).
+   */
+  reserve(size: number): () => void {
+    this.#reserved += size;
+    this.#bytes += size;
+    this.maybeEvict();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#reserved -= size;
+      this.#bytes -= size;
+    };
   }
 
   /** Records a newly stored object. */
@@ -61,7 +92,7 @@ export class Eviction {
     const key = `${kind}:${digest}`;
     const old = this.#entries.get(key);
     if (old) this.#bytes -= old.size;
-    this.#add(key, { kind, digest, size, accessedMs: Date.now() });
+    this.#add(key, { kind, digest, size, accessedMs: this.#now() });
     this.maybeEvict();
   }
 
@@ -70,7 +101,7 @@ export class Eviction {
     const key = `${kind}:${digest}`;
     const entry = this.#entries.get(key);
     if (!entry) return;
-    entry.accessedMs = Date.now();
+    entry.accessedMs = this.#now();
     this.#touched.add(key);
   }
 
@@ -148,7 +179,7 @@ export class Eviction {
     log.info("evicted {count} objects ({freed} bytes); cache now {bytes} bytes", {
       count,
       freed,
-      bytes: this.#bytes,
+      bytes: this.#bytes - this.#reserved,
     });
   }
 }

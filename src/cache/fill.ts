@@ -1,16 +1,25 @@
 // Blob fills: one upstream fetch per digest, written to a spool file that any number of clients
-// follow at their own pace; resumed with Range when upstream breaks; verified before commit.
+// follow at their own pace; resumed with Range when upstream breaks; verified before commit. When
+// the disk fails, the fill stops caching and its clients keep receiving the upstream bytes.
 
 import { createHash } from "node:crypto";
 import { log } from "../log.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Eviction } from "./eviction.ts";
-import type { Store } from "./store.ts";
+import type { Spool, Store } from "./store.ts";
 
-/** How often a fill resumes a broken upstream transfer before giving up. */
-const MAX_RESUMES = 5;
+/** How often a fill reconnects (failed reconnects included) after a broken transfer. */
+export const MAX_RESUMES = 5;
+/** First wait before a reconnect; doubled each time, with jitter. */
+const RESUME_DELAY_MS = 200;
 /** Largest chunk a follower reads from the spool at once. */
 const READ_CHUNK = 64 * 1024;
+/** Without a Content-Length, caching stops past this many bytes (the bytes still pass through). */
+export const UNKNOWN_LENGTH_LIMIT = 1024 ** 3;
+/** Upstream bytes held in memory for clients of a fill that stopped caching, at most. */
+export const PASS_THROUGH_BUFFER = 8 * 1024 * 1024;
+/** A fill that stopped caching waits this long for its slowest client before giving up. */
+const CLIENT_STALL_MS = 60_000;
 
 /** Opens the upstream body from `offset` (0: the whole blob; else a `Range: bytes=offset-`). */
 export type OpenUpstream = (offset: number) => Promise<Response>;
@@ -24,6 +33,21 @@ export interface FillStats {
   resumes: number;
   /** Requests that joined a fill another request started. */
   coalesced: number;
+  /** Local write failures (full disk, I/O errors): the fill went on without caching. */
+  diskErrors: number;
+  /** Fills whose bytes reached clients without being cached (disk error, too big, no length). */
+  passThrough: number;
+}
+
+/** What a fill needs from outside; tests pass their own clock and sleep. */
+export interface FillDeps {
+  store: Store;
+  eviction: Eviction;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+interface Follower {
+  pos: number;
 }
 
 /** One blob being fetched from upstream into the cache. */
@@ -33,22 +57,34 @@ export class Fill {
   readonly size?: number;
   /** The registry and repository the fill was started for. */
   readonly origin: { registry: string; repository: string };
-  readonly #spoolPath: string;
+  readonly #spoolPath?: string;
   readonly #store: Store;
-  /** Bytes on disk so far (readable by followers). */
-  written = 0;
+  /** Bytes received from upstream so far. */
+  received = 0;
+  /** Bytes [0, stored) are in the spool file; the rest, once caching stopped, only in memory. */
+  stored = 0;
+  /** False once the fill stopped writing to disk: it then only passes bytes through. */
+  caching: boolean;
   /** Set when the fill ended: undefined on success. */
   error?: Error;
   settled = false;
   /** The chunk written last: followers caught up with the fill take it from memory, not disk. */
   #latest?: { offset: number; chunk: Uint8Array };
+  /** Once caching stopped: received chunks some follower has not read yet. */
+  #memory: { offset: number; chunk: Uint8Array }[] = [];
+  #memoryBytes = 0;
+  readonly #followers = new Set<Follower>();
+  #hadFollowers = false;
   #wake: (() => void)[] = [];
+  #roomWaiter?: () => void;
+  /** Called once no follower needs the spool any more and the pump is done with it. */
+  #onIdle?: () => void;
 
   constructor(
     digest: string,
     size: number | undefined,
     origin: Fill["origin"],
-    spoolPath: string,
+    spoolPath: string | undefined,
     store: Store,
   ) {
     this.digest = digest;
@@ -56,13 +92,26 @@ export class Fill {
     this.origin = origin;
     this.#spoolPath = spoolPath;
     this.#store = store;
+    this.caching = spoolPath !== undefined;
   }
 
-  /** Records a chunk the pump has written to the spool and wakes the followers. */
+  /** Records a chunk received from upstream (written to the spool while caching). */
   appended(chunk: Uint8Array): void {
-    this.#latest = { offset: this.written, chunk };
-    this.written += chunk.length;
+    if (this.caching) {
+      this.#latest = { offset: this.received, chunk };
+      this.stored += chunk.length;
+    } else {
+      this.#memory.push({ offset: this.received, chunk });
+      this.#memoryBytes += chunk.length;
+    }
+    this.received += chunk.length;
     this.notify();
+  }
+
+  /** Stops writing to disk: what is in the spool stays readable, the rest passes through memory. */
+  stopCaching(): void {
+    this.caching = false;
+    this.#latest = undefined;
   }
 
   /** Wakes every follower waiting for more bytes or the end. */
@@ -72,8 +121,77 @@ export class Fill {
     for (const resolve of wake) resolve();
   }
 
+  /**
+   * Resolves once the bytes held in memory for followers fit the pass-through buffer. Throws
+   * when no client is left to receive them or the slowest one stalled.
+   */
+  async room(): Promise<void> {
+    const deadline = Date.now() + CLIENT_STALL_MS;
+    for (;;) {
+      this.#trim();
+      if (this.#hadFollowers && this.#followers.size === 0) {
+        throw new Error("no client is left to receive a blob that is not cached");
+      }
+      if (this.#memoryBytes <= PASS_THROUGH_BUFFER) return;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`clients read nothing for ${CLIENT_STALL_MS} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.#roomWaiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** Registers what to do once the pump and every follower are done with the spool. */
+  whenIdle(fn: () => void): void {
+    this.#onIdle = fn;
+    this.#checkIdle();
+  }
+
+  #checkIdle(): void {
+    if (this.#onIdle && this.#followers.size === 0) {
+      const fn = this.#onIdle;
+      this.#onIdle = undefined;
+      fn();
+    }
+  }
+
+  /** Drops memory chunks every follower has read; wakes the pump when there is room. */
+  #trim(): void {
+    // Before its first client attaches, a fill keeps what it received for it.
+    if (this.#memory.length === 0 || this.#followers.size === 0) return;
+    let lowest = Infinity;
+    for (const f of this.#followers) lowest = Math.min(lowest, f.pos);
+    while (this.#memory.length > 0) {
+      const first = this.#memory[0];
+      if (first.offset + first.chunk.length > lowest) break;
+      this.#memory.shift();
+      this.#memoryBytes -= first.chunk.length;
+    }
+    if (this.#memoryBytes <= PASS_THROUGH_BUFFER && this.#roomWaiter) {
+      const wake = this.#roomWaiter;
+      this.#roomWaiter = undefined;
+      wake();
+    }
+  }
+
   #changed(): Promise<void> {
     return new Promise((resolve) => this.#wake.push(resolve));
+  }
+
+  /** The bytes at `pos` (up to `stop`) held in memory, if any. */
+  #fromMemory(pos: number, stop: number): Uint8Array | undefined {
+    const latest = this.#latest;
+    const chunks = latest ? [latest] : this.#memory;
+    for (const { offset, chunk } of chunks) {
+      if (pos >= offset && pos < offset + chunk.length) {
+        return chunk.subarray(pos - offset, stop - offset);
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -86,16 +204,23 @@ export class Fill {
     end: number | undefined,
     release: (sent: number, complete: boolean) => void,
   ): ReadableStream<Uint8Array> {
+    const me: Follower = { pos: start };
+    this.#followers.add(me);
+    this.#hadFollowers = true;
     let file: Deno.FsFile | undefined;
-    let pos = start;
     /** Where the next read from `file` starts. */
     let filePos = 0;
     let released = false;
     const done = (complete = false) => {
       file?.close();
       file = undefined;
-      if (!released) release(pos - start, complete);
-      released = true;
+      if (!released) {
+        released = true;
+        this.#followers.delete(me);
+        this.#trim();
+        this.#checkIdle();
+        release(me.pos - start, complete);
+      }
     };
     return new ReadableStream<Uint8Array>({
       pull: async (out) => {
@@ -103,16 +228,16 @@ export class Fill {
           let available: number;
           for (;;) {
             if (this.error) throw this.error;
-            if (end !== undefined && pos >= end) {
+            if (end !== undefined && me.pos >= end) {
               done(true);
               return out.close();
             }
             // The last byte waits for verification: with a Content-Length, a client takes the
             // body as complete once it has every byte, so a bad blob must end before that.
             available = this.settled
-              ? this.written
-              : Math.min(this.written, (this.size ?? Infinity) - 1);
-            if (pos < available) break;
+              ? this.received
+              : Math.min(this.received, (this.size ?? Infinity) - 1);
+            if (me.pos < available) break;
             if (this.settled) {
               done(true);
               return out.close();
@@ -120,20 +245,24 @@ export class Fill {
             await this.#changed();
           }
           const stop = Math.min(end ?? Infinity, available);
-          const latest = this.#latest;
-          if (latest && pos >= latest.offset && pos < latest.offset + latest.chunk.length) {
-            const part = latest.chunk.subarray(pos - latest.offset, stop - latest.offset);
-            pos += part.length;
+          const part = this.#fromMemory(me.pos, stop);
+          if (part) {
+            me.pos += part.length;
+            this.#trim();
             return out.enqueue(part);
           }
-          file ??= await this.#store.openFill(this.#spoolPath, this.digest);
-          if (filePos !== pos) await file.seek(pos, Deno.SeekMode.Start);
-          const buffer = new Uint8Array(Math.min(READ_CHUNK, stop - pos));
+          if (me.pos >= this.stored) {
+            throw new Error(`a client fell behind the uncached fill of ${this.digest}`);
+          }
+          file ??= await this.#store.openFill(this.#spoolPath!, this.digest);
+          if (filePos !== me.pos) await file.seek(me.pos, Deno.SeekMode.Start);
+          const buffer = new Uint8Array(Math.min(READ_CHUNK, Math.min(stop, this.stored) - me.pos));
           // The bytes were just written: a synchronous read copies them from the page cache.
           const n = file.readSync(buffer);
           if (n === null) throw new Error(`spool of ${this.digest} ended early`);
-          pos += n;
-          filePos = pos;
+          me.pos += n;
+          filePos = me.pos;
+          this.#trim();
           out.enqueue(n === buffer.length ? buffer : buffer.subarray(0, n));
         } catch (e) {
           done();
@@ -149,6 +278,7 @@ export class Fill {
 export class Fills {
   readonly #store: Store;
   readonly #eviction: Eviction;
+  readonly #sleep: (ms: number) => Promise<void>;
   readonly #inflight = new Map<string, Promise<Fill>>();
   readonly stats: FillStats = {
     started: 0,
@@ -157,14 +287,17 @@ export class Fills {
     digestMismatches: 0,
     resumes: 0,
     coalesced: 0,
+    diskErrors: 0,
+    passThrough: 0,
   };
 
-  constructor(store: Store, eviction: Eviction) {
-    this.#store = store;
-    this.#eviction = eviction;
+  constructor(deps: FillDeps) {
+    this.#store = deps.store;
+    this.#eviction = deps.eviction;
+    this.#sleep = deps.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
   }
 
-  /** The fill in flight for `digest`, if any. */
+  /** The fill in flight for `digest`, if any (one that stopped caching is not joined). */
   get(digest: string): Promise<Fill> | undefined {
     return this.#inflight.get(digest);
   }
@@ -177,93 +310,133 @@ export class Fills {
   /**
    * Starts filling `digest`: the first upstream response must be a 200 (`open` throws a
    * RegistryError otherwise, which every waiting client receives). Resolves once the upstream
-   * answered; the body is then pumped to disk in the background, whoever is still reading.
+   * answered; the body is then pumped in the background, whoever is still reading.
    */
   begin(digest: string, origin: Fill["origin"], open: OpenUpstream): Promise<Fill> {
     this.stats.started++;
-    const started = (async () => {
+    // deno-lint-ignore prefer-const -- assigned once, read by the closures below
+    let started: Promise<Fill>;
+    const forget = () => {
+      if (this.#inflight.get(digest) === started) this.#inflight.delete(digest);
+    };
+    started = (async () => {
       const response = await open(0);
       const length = response.headers.get("content-length");
       const size = length !== null && !response.headers.has("content-encoding")
         ? Number(length)
         : undefined;
-      const spool = await this.#store.createSpool().catch(async (e) => {
-        await response.body?.cancel();
-        throw e;
-      });
-      const fill = new Fill(digest, size, origin, spool.path, this.#store);
-      const release = this.#eviction.pin("blob", digest);
-      this.#pump(fill, response, spool.file, spool.path, open)
+      const fits = size === undefined || this.#eviction.fits(size);
+      const spool = fits
+        ? await this.#store.createSpool().catch((e) => this.#diskError(digest, 0, e))
+        : undefined;
+      const fill = new Fill(digest, size, origin, spool?.path, this.#store);
+      if (!spool) {
+        this.#passThrough(fill, fits ? "disk" : "larger than cache.maxSize");
+        // Later clients start their own fill: this one keeps no bytes for them.
+        forget();
+      }
+      const unreserve = spool && size !== undefined ? this.#eviction.reserve(size) : () => {};
+      const unpin = this.#eviction.pin("blob", digest);
+      this.#pump(fill, response, spool, open, unreserve)
         .finally(() => {
-          release();
-          this.#inflight.delete(digest);
+          unreserve();
+          unpin();
+          forget();
+          fill.whenIdle(() => {
+            if (spool && (fill.error || !fill.caching)) Deno.remove(spool.path).catch(() => {});
+          });
         });
       return fill;
     })();
     this.#inflight.set(digest, started);
-    started.catch(() => this.#inflight.delete(digest));
+    started.catch(forget);
     return started;
   }
 
   async #pump(
     fill: Fill,
     first: Response,
-    file: Deno.FsFile,
-    spoolPath: string,
+    spool: Spool | undefined,
     open: OpenUpstream,
+    unreserve: () => void,
   ): Promise<void> {
+    const file = spool?.file;
     const began = performance.now();
     const hash = createHash(fill.digest.startsWith("sha512:") ? "sha512" : "sha256");
     let body: ReadableStream<Uint8Array> | null = first.body;
-    let resumes = 0;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    const resumes = { count: 0 };
+    const stopCaching = (why: string, error?: unknown) => {
+      if (!fill.caching) return;
+      if (error !== undefined) this.#diskError(fill.digest, fill.stored, error);
+      fill.stopCaching();
+      this.#passThrough(fill, why);
+      unreserve();
+      try {
+        file?.close();
+      } catch { /* already closed */ }
+      // New clients start a fill of their own (the disk may have room again by then).
+      this.#inflight.delete(fill.digest);
+    };
     try {
       for (;;) {
+        let chunk: Uint8Array;
         try {
           if (!body) throw new Error("upstream sent no body");
-          for await (const chunk of body) {
-            hash.update(chunk);
+          reader ??= body.getReader();
+          const next = await reader.read();
+          if (next.done) {
+            if (fill.size === undefined || fill.received === fill.size) break;
+            throw new Error(`upstream body ended at ${fill.received} of ${fill.size} bytes`);
+          }
+          chunk = next.value;
+        } catch (e) {
+          reader = undefined;
+          body = await this.#reconnect(fill, open, e, resumes);
+          continue;
+        }
+        if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
+          throw new RegistryError("BLOB_UNKNOWN", "upstream sent more than Content-Length");
+        }
+        hash.update(chunk);
+        if (fill.caching) {
+          try {
             // A synchronous write into the page cache costs microseconds; an async op per chunk
             // costs a thread hop each way and made fills 1.7x slower (see BENCHMARKS.md).
-            for (let at = 0; at < chunk.length;) at += file.writeSync(chunk.subarray(at));
-            fill.appended(chunk);
-            if (fill.size !== undefined && fill.written > fill.size) {
-              throw new RegistryError("BLOB_UNKNOWN", "upstream sent more than Content-Length");
-            }
+            for (let at = 0; at < chunk.length;) at += file!.writeSync(chunk.subarray(at));
+          } catch (e) {
+            stopCaching("disk", e);
           }
-          if (fill.size === undefined || fill.written === fill.size) break;
-          throw new Error(`upstream body ended at ${fill.written} of ${fill.size} bytes`);
-        } catch (e) {
-          if (e instanceof RegistryError || resumes >= MAX_RESUMES) throw e;
-          resumes++;
-          this.stats.resumes++;
-          log.warn("resuming {digest} from byte {offset} after: {error}", {
-            digest: fill.digest,
-            offset: fill.written,
-            error: String((e as Error)?.message ?? e),
-            resume: resumes,
-          });
-          body = await this.#resume(fill, open);
         }
+        fill.appended(chunk);
+        if (fill.caching && fill.size === undefined && fill.stored > UNKNOWN_LENGTH_LIMIT) {
+          stopCaching("no Content-Length and past the bound");
+        }
+        if (!fill.caching) await fill.room();
       }
       const digest = `${fill.digest.split(":")[0]}:${hash.digest("hex")}`;
       if (digest !== fill.digest) {
         this.stats.digestMismatches++;
         throw new RegistryError(
           "DIGEST_INVALID",
-          `upstream sent ${fill.written} bytes with digest ${digest} for blob ${fill.digest}`,
+          `upstream sent ${fill.received} bytes with digest ${digest} for blob ${fill.digest}`,
           { status: 502 },
         );
       }
-      await file.syncData();
-      file.close();
-      await this.#store.commitBlob(spoolPath, fill.digest);
-      this.#eviction.added("blob", fill.digest, fill.written);
+      if (fill.caching) {
+        try {
+          await this.#commit(fill, spool!, unreserve);
+        } catch (e) {
+          stopCaching("disk", e);
+        }
+      }
       this.stats.completed++;
       log.info("filled {digest}: {bytes} bytes in {durationMs} ms, {resumes} resumes", {
         digest: fill.digest,
-        bytes: fill.written,
+        bytes: fill.received,
         durationMs: Math.round(performance.now() - began),
-        resumes,
+        resumes: resumes.count,
+        cached: fill.caching,
         registry: fill.origin.registry,
         repository: fill.origin.repository,
       });
@@ -272,30 +445,89 @@ export class Fills {
       this.stats.failed++;
       log.error("fill of {digest} failed after {bytes} bytes: {error}", {
         digest: fill.digest,
-        bytes: fill.written,
+        bytes: fill.received,
         error: fill.error.message,
       });
-      await body?.cancel().catch(() => {});
+      await (reader ?? body)?.cancel().catch(() => {});
       try {
-        file.close();
+        file?.close();
       } catch { /* already closed */ }
-      await Deno.remove(spoolPath).catch(() => {});
     } finally {
       fill.settled = true;
       fill.notify();
     }
   }
 
+  /** Moves a verified spool into the store and counts it. */
+  async #commit(fill: Fill, spool: Spool, unreserve: () => void): Promise<void> {
+    await spool.file.syncData();
+    spool.file.close();
+    await this.#store.commitBlob(spool.path, fill.digest);
+    unreserve(); // the reservation becomes the object itself
+    this.#eviction.added("blob", fill.digest, fill.received);
+  }
+
+  /**
+   * Reconnects after a broken transfer: `Range: bytes=N-`, or a 200 read past what we have. A
+   * failed reconnect counts as an attempt; attempts wait longer each time.
+   */
+  async #reconnect(
+    fill: Fill,
+    open: OpenUpstream,
+    cause: unknown,
+    attempts: { count: number },
+  ): Promise<ReadableStream<Uint8Array>> {
+    let error = cause;
+    while (attempts.count < MAX_RESUMES) {
+      if (error instanceof RegistryError) throw error;
+      const attempt = ++attempts.count;
+      this.stats.resumes++;
+      log.warn("resuming {digest} from byte {offset} after: {error}", {
+        digest: fill.digest,
+        offset: fill.received,
+        error: String((error as Error)?.message ?? error),
+        resume: attempt,
+      });
+      const backoff = RESUME_DELAY_MS * 2 ** (attempt - 1);
+      await this.#sleep(backoff / 2 + Math.random() * backoff / 2);
+      try {
+        return await this.#resume(fill, open);
+      } catch (e) {
+        error = e;
+      }
+    }
+    throw error;
+  }
+
   /** Asks upstream for the rest; a 200 (Range ignored) is read past what we already have. */
-  async #resume(fill: Fill, open: OpenUpstream): Promise<ReadableStream<Uint8Array> | null> {
-    const response = await open(fill.written);
+  async #resume(fill: Fill, open: OpenUpstream): Promise<ReadableStream<Uint8Array>> {
+    const response = await open(fill.received);
     const range = /^bytes (\d+)-/.exec(response.headers.get("content-range") ?? "");
-    if (response.status === 206 && range && Number(range[1]) === fill.written) {
+    if (response.status === 206 && range && Number(range[1]) === fill.received && response.body) {
       return response.body;
     }
-    if (response.status === 200 && response.body) return skip(response.body, fill.written);
+    if (response.status === 200 && response.body) return skip(response.body, fill.received);
     await response.body?.cancel();
     throw new Error(`resume answered ${response.status} ${response.headers.get("content-range")}`);
+  }
+
+  #diskError(digest: string, bytes: number, error: unknown): undefined {
+    this.stats.diskErrors++;
+    log.error("fill of {digest} stopped caching at {bytes} bytes: disk: {error}", {
+      digest,
+      bytes,
+      error: String((error as Error)?.message ?? error),
+    });
+    return undefined;
+  }
+
+  #passThrough(fill: Fill, why: string): void {
+    this.stats.passThrough++;
+    log.warn("passing {digest} through without caching: {reason}", {
+      digest: fill.digest,
+      reason: why,
+      size: fill.size ?? null,
+    });
   }
 }
 

@@ -1,14 +1,32 @@
 // The filesystem Store: content-addressed files, written to tmp/, fsynced and renamed into place.
 
-import type { ObjectInfo, ObjectKind, Spool, Store, StoredManifest, TagRecord } from "./store.ts";
+import { createHash } from "node:crypto";
+import { log } from "../log.ts";
+import { digestOf } from "../oci/digest.ts";
+import { isValidDigest } from "../oci/names.ts";
+import type {
+  ListedTag,
+  ObjectInfo,
+  ObjectKind,
+  OpenedBlob,
+  Spool,
+  Store,
+  TagRecord,
+} from "./store.ts";
 
 const KINDS: Record<ObjectKind, string> = { blob: "blobs", manifest: "manifests" };
+/** Longest encoded repository name kept as a directory name; longer ones are hashed. */
+const MAX_NAME_PART = 200;
+/** Bytes written (and fsynced) to tell whether the disk takes writes. */
+const PROBE_BYTES = 64 * 1024;
 
 /**
  * Layout under the cache directory:
- * `blobs/<alg>/<hex>`, `manifests/<alg>/<hex>` (media type line, then the bytes),
- * `tags/<registry>/<repository, encoded>/<tag>.json`, `links/<registry>/<repository>/<alg>-<hex>`,
- * `tmp/` (spools and half-written files; emptied at start).
+ * `blobs/<alg>/<hex>`, `manifests/<alg>/<hex>` (the manifest's exact bytes),
+ * `tags/<registry>/<repository key>/<tag>.json`, `links/<registry>/<repository key>/<alg>-<hex>`,
+ * `tmp/` (spools and half-written files; emptied at start). A repository key is the
+ * URL-encoded name, or `~<sha256 of the name>` when that would be too long for a file name; tag
+ * records carry the repository name themselves.
  */
 export class FsStore implements Store {
   readonly dir: string;
@@ -35,23 +53,35 @@ export class FsStore implements Store {
   }
 
   #repoDir(root: string, registry: string, repository: string): string {
-    return `${this.dir}/${root}/${registry}/${encodeURIComponent(repository)}`;
+    return `${this.dir}/${root}/${registry}/${repositoryKey(repository)}`;
   }
 
-  async statBlob(digest: string): Promise<{ size: number } | undefined> {
+  async openBlob(digest: string): Promise<OpenedBlob | undefined> {
+    let file: Deno.FsFile;
     try {
-      return { size: (await Deno.stat(this.#path("blob", digest))).size };
+      file = await Deno.open(this.#path("blob", digest));
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return undefined;
       throw e;
     }
-  }
-
-  async readBlob(digest: string, start = 0, end?: number): Promise<ReadableStream<Uint8Array>> {
-    const file = await Deno.open(this.#path("blob", digest));
-    if (start > 0) await file.seek(start, Deno.SeekMode.Start);
-    if (end === undefined) return file.readable; // the fast path: bytes move without JS
-    return limit(file, end - start);
+    const { size } = await file.stat().catch((e) => {
+      file.close();
+      throw e;
+    });
+    let used = false;
+    return {
+      size,
+      stream(start = 0, end = size) {
+        if (used) throw new Error("a blob is streamed once");
+        used = true;
+        return fileRange(file, start, end, size);
+      },
+      close() {
+        if (used) return;
+        used = true;
+        file.close();
+      },
+    };
   }
 
   async createSpool(): Promise<Spool> {
@@ -72,7 +102,7 @@ export class FsStore implements Store {
     }
   }
 
-  async getManifest(digest: string): Promise<StoredManifest | undefined> {
+  async getManifest(digest: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
     let data: Uint8Array<ArrayBuffer>;
     try {
       data = await Deno.readFile(this.#path("manifest", digest));
@@ -80,19 +110,17 @@ export class FsStore implements Store {
       if (e instanceof Deno.errors.NotFound) return undefined;
       throw e;
     }
-    const newline = data.indexOf(0x0a);
-    return {
-      mediaType: new TextDecoder().decode(data.subarray(0, newline)),
-      bytes: data.slice(newline + 1),
-    };
+    if (digestOf(data, digest) === digest) return data;
+    // Caches written before 0.2 put the media type on a first line.
+    const legacy = data.subarray(data.indexOf(0x0a) + 1);
+    if (digestOf(legacy, digest) === digest) return data.slice(data.indexOf(0x0a) + 1);
+    log.warn("cached manifest {digest} does not match its digest: removed", { digest });
+    await this.delete("manifest", digest);
+    return undefined;
   }
 
-  async putManifest(digest: string, manifest: StoredManifest): Promise<void> {
-    const head = new TextEncoder().encode(`${manifest.mediaType}\n`);
-    const data = new Uint8Array(head.length + manifest.bytes.length);
-    data.set(head);
-    data.set(manifest.bytes, head.length);
-    await this.#writeAtomic(this.#path("manifest", digest), data);
+  async putManifest(digest: string, bytes: Uint8Array): Promise<void> {
+    await this.#writeAtomic(this.#path("manifest", digest), bytes);
   }
 
   async delete(kind: ObjectKind, digest: string): Promise<void> {
@@ -104,9 +132,17 @@ export class FsStore implements Store {
   async *list(): AsyncIterable<ObjectInfo> {
     for (const kind of ["blob", "manifest"] as const) {
       const root = `${this.dir}/${KINDS[kind]}`;
-      for await (const alg of Deno.readDir(root)) {
-        for await (const entry of Deno.readDir(`${root}/${alg.name}`)) {
+      for (const alg of await entries(root)) {
+        if (!alg.isDirectory || !["sha256", "sha512"].includes(alg.name)) {
+          skipped(`${root}/${alg.name}`);
+          continue;
+        }
+        for (const entry of await entries(`${root}/${alg.name}`)) {
           const digest = `${alg.name}:${entry.name}`;
+          if (!entry.isFile || !isValidDigest(digest)) {
+            skipped(`${root}/${alg.name}/${entry.name}`);
+            continue;
+          }
           try {
             const info = Deno.statSync(`${root}/${alg.name}/${entry.name}`);
             yield { kind, digest, size: info.size, accessedMs: info.mtime?.getTime() ?? 0 };
@@ -122,17 +158,13 @@ export class FsStore implements Store {
   }
 
   async getTag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined> {
-    try {
-      const path = `${this.#repoDir("tags", registry, repository)}/${tag}.json`;
-      return JSON.parse(await Deno.readTextFile(path));
-    } catch {
-      return undefined; // missing, or unreadable: the tag is checked upstream again
-    }
+    return (await readTag(`${this.#repoDir("tags", registry, repository)}/${tag}.json`))?.record;
   }
 
   async putTag(registry: string, repository: string, tag: string, record: TagRecord) {
     const dir = this.#repoDir("tags", registry, repository);
-    await this.#writeAtomic(`${dir}/${tag}.json`, new TextEncoder().encode(JSON.stringify(record)));
+    const data = JSON.stringify({ repository, tag, ...record });
+    await this.#writeAtomic(`${dir}/${tag}.json`, new TextEncoder().encode(data));
   }
 
   async deleteTag(registry: string, repository: string, tag: string): Promise<void> {
@@ -140,17 +172,30 @@ export class FsStore implements Store {
     await Deno.remove(path).catch(() => {});
   }
 
-  async *listTags(): AsyncIterable<
-    { registry: string; repository: string; tag: string; record: TagRecord }
-  > {
+  async *listTags(): AsyncIterable<ListedTag> {
     const root = `${this.dir}/tags`;
-    for await (const registry of Deno.readDir(root)) {
-      for await (const repo of Deno.readDir(`${root}/${registry.name}`)) {
-        for await (const file of Deno.readDir(`${root}/${registry.name}/${repo.name}`)) {
-          const repository = decodeURIComponent(repo.name);
-          const tag = file.name.replace(/\.json$/, "");
-          const record = await this.getTag(registry.name, repository, tag);
-          if (record) yield { registry: registry.name, repository, tag, record };
+    for (const registry of await entries(root)) {
+      if (!registry.isDirectory) {
+        skipped(`${root}/${registry.name}`);
+        continue;
+      }
+      for (const repo of await entries(`${root}/${registry.name}`)) {
+        const dir = `${root}/${registry.name}/${repo.name}`;
+        if (!repo.isDirectory) {
+          skipped(dir);
+          continue;
+        }
+        for (const file of await entries(dir)) {
+          const found = file.isFile && file.name.endsWith(".json")
+            ? await readTag(`${dir}/${file.name}`)
+            : undefined;
+          if (!found) {
+            skipped(`${dir}/${file.name}`);
+            continue;
+          }
+          const repository = found.repository ?? decodeURIComponent(repo.name);
+          const tag = found.tag ?? file.name.slice(0, -".json".length);
+          yield { registry: registry.name, repository, tag, record: found.record };
         }
       }
     }
@@ -172,31 +217,111 @@ export class FsStore implements Store {
     await Deno.writeFile(`${dir}/${digest.replace(":", "-")}`, new Uint8Array());
   }
 
-  /** Writes to tmp/, fsyncs, renames into place: readers see the old file or the whole new one. */
-  async #writeAtomic(path: string, data: Uint8Array): Promise<void> {
-    const temp = `${this.dir}/tmp/${crypto.randomUUID()}`;
-    using file = await Deno.open(temp, { write: true, createNew: true });
-    for (let at = 0; at < data.length;) at += await file.write(data.subarray(at));
-    await file.syncData();
-    await this.#rename(temp, path);
+  async probeWrite(): Promise<void> {
+    const path = `${this.dir}/tmp/probe-${crypto.randomUUID()}`;
+    try {
+      using file = await Deno.open(path, { write: true, createNew: true });
+      await writeAll(file, new Uint8Array(PROBE_BYTES));
+      await file.syncData();
+    } finally {
+      await Deno.remove(path).catch(() => {});
+    }
   }
 
+  /**
+   * Writes to tmp/, fsyncs, renames into place and fsyncs the directory: readers see the old file
+   * or the whole new one, and a crash keeps either. A failed write leaves no temp file behind.
+   */
+  async #writeAtomic(path: string, data: Uint8Array): Promise<void> {
+    const temp = `${this.dir}/tmp/${crypto.randomUUID()}`;
+    try {
+      {
+        using file = await Deno.open(temp, { write: true, createNew: true });
+        await writeAll(file, data);
+        await file.syncData();
+      }
+      await this.#rename(temp, path);
+    } catch (e) {
+      await Deno.remove(temp).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** Renames into place (creating the directory), then fsyncs the directory. */
   async #rename(from: string, to: string): Promise<void> {
+    const dir = to.slice(0, to.lastIndexOf("/"));
     try {
       await Deno.rename(from, to);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
-      await Deno.mkdir(to.slice(0, to.lastIndexOf("/")), { recursive: true });
+      await Deno.mkdir(dir, { recursive: true });
       await Deno.rename(from, to);
     }
+    using directory = await Deno.open(dir);
+    await directory.sync();
   }
 }
 
-/** The first `length` bytes of a file, as a stream that closes the file when done. */
-function limit(file: Deno.FsFile, length: number): ReadableStream<Uint8Array> {
-  let left = length;
+/** The directory name of a repository: its encoded name, or a hash when that is too long. */
+function repositoryKey(repository: string): string {
+  const encoded = encodeURIComponent(repository);
+  if (encoded.length <= MAX_NAME_PART) return encoded;
+  return `~${createHash("sha256").update(repository).digest("hex")}`;
+}
+
+async function readTag(
+  path: string,
+): Promise<{ record: TagRecord; repository?: string; tag?: string } | undefined> {
+  try {
+    const { repository, tag, digest, mediaType, size, checkedAt } = JSON.parse(
+      await Deno.readTextFile(path),
+    );
+    if (typeof digest !== "string" || !isValidDigest(digest)) return undefined;
+    if (typeof mediaType !== "string" || typeof size !== "number") return undefined;
+    if (typeof checkedAt !== "number") return undefined;
+    return { record: { digest, mediaType, size, checkedAt }, repository, tag };
+  } catch {
+    return undefined; // missing, or unreadable: the tag is checked upstream again
+  }
+}
+
+/** A directory's entries; none when it is missing or not a directory. */
+async function entries(dir: string): Promise<Deno.DirEntry[]> {
+  const found: Deno.DirEntry[] = [];
+  try {
+    for await (const entry of Deno.readDir(dir)) found.push(entry);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound) && !(e instanceof Deno.errors.NotADirectory)) {
+      throw e;
+    }
+  }
+  return found;
+}
+
+function skipped(path: string): void {
+  log.warn("skipping unrecognised entry in the cache: {path}", { path });
+}
+
+async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {
+  for (let at = 0; at < data.length;) at += await file.write(data.subarray(at));
+}
+
+/** Bytes [start, end) of an open file as a stream that closes the file when done. */
+function fileRange(
+  file: Deno.FsFile,
+  start: number,
+  end: number,
+  size: number,
+): ReadableStream<Uint8Array> {
+  if (start === 0 && end === size) return file.readable; // the fast path: bytes move without JS
+  let left = end - start;
+  let positioned = false;
   return new ReadableStream<Uint8Array>({
     async pull(out) {
+      if (!positioned) {
+        await file.seek(start, Deno.SeekMode.Start);
+        positioned = true;
+      }
       if (left <= 0) {
         file.close();
         return out.close();

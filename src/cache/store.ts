@@ -12,19 +12,22 @@ export interface ObjectInfo {
   accessedMs: number;
 }
 
-/** A cached manifest: the bytes and the media type they were served with. */
-export interface StoredManifest {
-  mediaType: string;
-  bytes: Uint8Array<ArrayBuffer>;
-}
-
 /** What a tag pointed to when it was last checked upstream. */
 export interface TagRecord {
   digest: string;
+  /** The media type the manifest itself declares (never an upstream's Content-Type). */
   mediaType: string;
   size: number;
   /** When the upstream last confirmed the tag (ms since the epoch). */
   checkedAt: number;
+}
+
+/** A tag record with the tag it belongs to, as listed for `cache ls`. */
+export interface ListedTag {
+  registry: string;
+  repository: string;
+  tag: string;
+  record: TagRecord;
 }
 
 /** A local file a fill writes into, moved into the store by `commitBlob`. */
@@ -34,22 +37,35 @@ export interface Spool {
 }
 
 /**
+ * A committed blob, opened: its bytes stay readable until `close()` even if the blob is deleted
+ * meanwhile (an open file on POSIX, a pinned object elsewhere).
+ */
+export interface OpenedBlob {
+  size: number;
+  /** Bytes [start, end) as a stream that closes the blob when done; at most once. */
+  stream(start?: number, end?: number): ReadableStream<Uint8Array>;
+  /** Closes the blob when it is not streamed after all. */
+  close(): void;
+}
+
+/**
  * Where the cache keeps its content. Blobs are filled through a local spool file (so clients can
  * follow it while it grows) and committed only once verified; nothing partial is ever readable.
+ * Manifests are stored as their exact bytes, which the store verifies against the digest on read.
  */
 export interface Store {
-  statBlob(digest: string): Promise<{ size: number } | undefined>;
-  /** Bytes [start, end) of a committed blob; `end` defaults to the end. */
-  readBlob(digest: string, start?: number, end?: number): Promise<ReadableStream<Uint8Array>>;
+  /** Opens a committed blob, or undefined when it is not stored. */
+  openBlob(digest: string): Promise<OpenedBlob | undefined>;
   createSpool(): Promise<Spool>;
   /** Moves a closed, fsynced, verified spool file into place under `digest`. */
   commitBlob(spoolPath: string, digest: string): Promise<void>;
   /** Opens a reader of a spool or, once committed, of the blob. */
   openFill(spoolPath: string, digest: string): Promise<Deno.FsFile>;
-  getManifest(digest: string): Promise<StoredManifest | undefined>;
-  putManifest(digest: string, manifest: StoredManifest): Promise<void>;
+  /** The manifest's bytes, verified against `digest`; undefined when missing or corrupt. */
+  getManifest(digest: string): Promise<Uint8Array<ArrayBuffer> | undefined>;
+  putManifest(digest: string, bytes: Uint8Array): Promise<void>;
   delete(kind: ObjectKind, digest: string): Promise<void>;
-  /** Every stored object; used to rebuild the eviction index at start. */
+  /** Every stored object; used to rebuild the eviction index at start. Skips what it does not know. */
   list(): AsyncIterable<ObjectInfo>;
   /** Persists access times (batched by the caller, never once per hit). */
   touch(kind: ObjectKind, digest: string, atMs: number): Promise<void>;
@@ -57,10 +73,10 @@ export interface Store {
   putTag(registry: string, repository: string, tag: string, record: TagRecord): Promise<void>;
   deleteTag(registry: string, repository: string, tag: string): Promise<void>;
   /** Every tag record, for `cache ls`. */
-  listTags(): AsyncIterable<
-    { registry: string; repository: string; tag: string; record: TagRecord }
-  >;
+  listTags(): AsyncIterable<ListedTag>;
   /** True once the upstream confirmed that `repository` of `registry` holds `digest`. */
   hasLink(registry: string, repository: string, digest: string): Promise<boolean>;
   addLink(registry: string, repository: string, digest: string): Promise<void>;
+  /** Throws when the store cannot take a write now (full disk, read-only, gone). */
+  probeWrite(): Promise<void>;
 }

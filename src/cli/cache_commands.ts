@@ -1,12 +1,13 @@
-// `registry-mirror cache ls|du|gc`: look into and trim the cache directory.
+// `registry-mirror cache ls|du|gc`: look into the cache directory (ls, du) and trim it (gc).
 
 import type { Cache } from "../cache/cache.ts";
+import type { Store } from "../cache/store.ts";
 import { formatBytes } from "./format.ts";
 
 /** `cache ls`: every tag record, one per line, sorted: image, digest, media type, last check. */
-export async function cacheLs(cache: Cache, print: (line: string) => void): Promise<void> {
+export async function cacheLs(store: Store, print: (line: string) => void): Promise<void> {
   const lines: string[] = [];
-  for await (const { registry, repository, tag, record } of cache.store.listTags()) {
+  for await (const { registry, repository, tag, record } of store.listTags()) {
     const checked = new Date(record.checkedAt).toISOString();
     lines.push(
       `${registry}/${repository}:${tag}\t${record.digest}\t${record.mediaType}\t${checked}`,
@@ -16,10 +17,10 @@ export async function cacheLs(cache: Cache, print: (line: string) => void): Prom
   print(`${lines.length} tags`);
 }
 
-/** `cache du`: objects and bytes by kind. */
-export async function cacheDu(cache: Cache, print: (line: string) => void): Promise<void> {
+/** `cache du`: objects and bytes by kind; it only reads (safe beside a serving mirror). */
+export async function cacheDu(store: Store, print: (line: string) => void): Promise<void> {
   const sums = { blob: { objects: 0, bytes: 0 }, manifest: { objects: 0, bytes: 0 } };
-  for await (const info of cache.store.list()) {
+  for await (const info of store.list()) {
     sums[info.kind].objects++;
     sums[info.kind].bytes += info.size;
   }

@@ -1,5 +1,6 @@
 // GET/HEAD /v2/<name>/blobs/<digest>: from the cache, or from the one upstream fill of that digest.
 
+import type { CachedBlob } from "../cache/cache.ts";
 import type { Fill } from "../cache/fill.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
@@ -27,50 +28,51 @@ export async function handleBlob(
 ): Promise<Response> {
   const { cache } = ctx;
   const link = { ...route, kind: "blobs" as const };
-  const inflight = cache.fills.get(route.digest);
-  if (!inflight) {
-    const stored = await cache.store.statBlob(route.digest);
+  if (!cache.fills.get(route.digest)) {
+    // Pinned and opened before the upstream is asked anything: eviction cannot take it meanwhile.
+    const stored = await cache.openBlob(route.digest);
     if (stored) {
-      await confirmLink(ctx, request, link);
-      return await serveStored(route, request, ctx, stored.size);
+      try {
+        await confirmLink(ctx, request, link);
+        return serveStored(route, request, ctx, stored);
+      } catch (e) {
+        stored.close();
+        stored.release();
+        throw e;
+      }
     }
   }
   if (route.method === "HEAD") {
     return await headUpstream(route, request, ctx);
   }
-  let pending = inflight ?? cache.fills.get(route.digest);
-  if (pending) {
-    cache.fills.stats.coalesced++;
-  } else {
-    const origin = { registry: route.registry, repository: route.name };
-    pending = cache.fills.begin(
-      route.digest,
-      origin,
-      (offset) => openUpstream(route, request, ctx, offset),
-    );
-  }
+  const origin = { registry: route.registry, repository: route.name };
+  const { fill: pending } = cache.fill(
+    route.digest,
+    origin,
+    (offset) => openUpstream(route, request, ctx, offset),
+  );
   const fill = await pending;
   if (fill.origin.registry !== route.registry || fill.origin.repository !== route.name) {
     await confirmLink(ctx, request, link);
   } else {
-    await cache.store.addLink(route.registry, route.name, route.digest);
+    await cache.addLink(route.registry, route.name, route.digest);
   }
   return serveFill(fill, request, ctx);
 }
 
-async function serveStored(
+function serveStored(
   route: BlobRoute,
   request: Request,
   ctx: HandlerContext,
-  size: number,
-): Promise<Response> {
-  const range = parseRange(request.headers.get("range"), size);
-  if (range === "unsatisfiable") throw unsatisfiable(size);
-  const headers = cacheStatus(ctx, "HIT", blobHeaders(route.digest, size, range));
-  ctx.cache.eviction.touched("blob", route.digest);
+  blob: CachedBlob,
+): Response {
+  ctx.defer(blob.release);
+  const range = parseRange(request.headers.get("range"), blob.size);
+  if (range === "unsatisfiable" || route.method === "HEAD") blob.close();
+  if (range === "unsatisfiable") throw unsatisfiable(blob.size);
+  const headers = cacheStatus(ctx, "HIT", blobHeaders(route.digest, blob.size, range));
   if (route.method === "HEAD") return new Response(null, { headers });
-  ctx.defer(ctx.cache.eviction.pin("blob", route.digest));
-  const body = await ctx.cache.store.readBlob(route.digest, range?.start, range?.end);
+  const body = blob.stream(range?.start, range?.end);
   return new Response(body, { status: range ? 206 : 200, headers });
 }
 
@@ -81,9 +83,7 @@ function serveFill(fill: Fill, request: Request, ctx: HandlerContext): Response 
     : parseRange(request.headers.get("range"), fill.size);
   if (range === "unsatisfiable") throw unsatisfiable(fill.size!);
   const headers = cacheStatus(ctx, "MISS", blobHeaders(fill.digest, fill.size, range));
-  const unpin = ctx.cache.eviction.pin("blob", fill.digest);
-  const body = fill.follow(range?.start ?? 0, range?.end, (sent, complete) => {
-    unpin();
+  const body = ctx.cache.follow(fill, range?.start ?? 0, range?.end, (sent, complete) => {
     ctx.record.bytes = sent;
     if (!complete) ctx.record.error ??= "the body was not sent whole (client gone or fill failed)";
   });

@@ -15,7 +15,7 @@ export async function confirmLink(
   target: { registry: string; name: string; kind: "blobs" | "manifests"; digest: string },
 ): Promise<void> {
   const { registry, name, kind, digest } = target;
-  if (await ctx.cache.store.hasLink(registry, name, digest)) return;
+  if (await ctx.cache.hasLink(registry, name, digest)) return;
   const response = await ctx.upstream(registry).request({
     method: "HEAD",
     path: `/v2/${name}/${kind}/${digest}`,
@@ -30,5 +30,5 @@ export async function confirmLink(
   if (response.status !== 200) {
     throw await upstreamError(response, registry, kind === "blobs" ? "blob" : "manifest");
   }
-  await ctx.cache.store.addLink(registry, name, digest);
+  await ctx.cache.addLink(registry, name, digest);
 }

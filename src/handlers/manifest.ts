@@ -1,13 +1,16 @@
-// GET/HEAD /v2/<name>/manifests/<reference>: by digest from the cache (immutable); by tag through
-// a tag record trusted for the TTL, then revalidated with a HEAD, served stale if upstream fails.
+// GET/HEAD /v2/<name>/manifests/<reference>: by digest from the cache (immutable); by tag through a
+// canonical tag record (resolved upstream with the full modern Accept list, never with a client's),
+// trusted for the TTL, then revalidated with a HEAD, served stale if upstream fails. Each client
+// then gets what its Accept takes: the record's manifest, or an index's linux/amd64 child.
 
-import type { CacheStatus } from "../cache/cache.ts";
-import type { StoredManifest, TagRecord } from "../cache/store.ts";
+import type { CacheStatus, Manifest } from "../cache/cache.ts";
+import type { TagRecord } from "../cache/store.ts";
 import { readLimited } from "../body.ts";
 import { log } from "../log.ts";
 import { digestOf } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { accepts, manifestAccept, OCI_MANIFEST } from "../oci/media_types.ts";
+import { parseManifest, platformChild } from "../oci/manifest.ts";
+import { accepts, manifestAccept, MODERN_MANIFEST_TYPES } from "../oci/media_types.ts";
 import { isDigestReference, isValidDigest } from "../oci/names.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
@@ -34,7 +37,13 @@ const STALE_PAUSE_MS = 30_000;
 /** Largest manifest accepted from an upstream (containerd and Distribution use 4 MiB too). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
+/** What tags are resolved with upstream, whatever the client accepts. */
+const CANONICAL_ACCEPT = MODERN_MANIFEST_TYPES.join(", ");
+
 type ManifestRoute = Extract<Route, { kind: "manifest" }>;
+
+/** What a response is built from: a manifest's bytes, or for a HEAD what a tag record says. */
+type Served = { digest: string; mediaType: string; size: number; bytes?: Uint8Array<ArrayBuffer> };
 
 /** Serves a manifest; upstream is asked only on a miss or when a tag's TTL has passed. */
 export async function handleManifest(
@@ -42,155 +51,167 @@ export async function handleManifest(
   request: Request,
   ctx: HandlerContext,
 ): Promise<Response> {
-  const accept = request.headers.get("accept");
   if (isDigestReference(route.reference)) {
+    // By digest the client names the exact content: served whatever its Accept (as Distribution).
     const digest = route.reference;
-    const stored = await ctx.cache.store.getManifest(digest);
-    if (stored && accepts(accept, stored.mediaType)) {
+    const cached = await ctx.cache.manifest(digest);
+    if (cached) {
       await confirmLink(ctx, request, { ...route, kind: "manifests", digest });
-      return respond(route, ctx, digest, stored, "HIT");
+      return respond(route, ctx, served(cached), "HIT");
     }
-    return respond(route, ctx, digest, await fetchByDigest(route, request, ctx, digest), "MISS");
+    return respond(route, ctx, served(await fetchByDigest(route, request, ctx, digest)), "MISS");
   }
+  const [record, status] = await tagRecord(route, request, ctx);
+  return await negotiate(route, request, ctx, record, status);
+}
 
-  const { store } = ctx.cache;
+/** The tag's canonical record and how it was obtained: fresh, revalidated, fetched or stale. */
+async function tagRecord(
+  route: ManifestRoute,
+  request: Request,
+  ctx: HandlerContext,
+): Promise<[TagRecord, CacheStatus]> {
+  const { cache } = ctx;
   const tag = route.reference;
-  const record = await store.getTag(route.registry, route.name, tag);
-  if (!record || !accepts(accept, record.mediaType)) {
-    if (route.method === "HEAD") {
-      return respond(route, ctx, ...await resolveTag(route, request, ctx), "MISS");
-    }
-    const fetched = await fetchManifest(route, request, ctx, tag);
-    if (record === undefined || accepts(accept, fetched.mediaType)) {
-      await putTag(route, ctx, fetched.digest, fetched);
-    }
-    return respond(route, ctx, fetched.digest, fetched, "MISS");
-  }
-  if (ctx.now() - record.checkedAt < ctx.cache.tagTtlMs) {
-    return respond(route, ctx, record.digest, await manifestOf(route, request, ctx, record), "HIT");
-  }
+  const record = await cache.tag(route.registry, route.name, tag);
+  if (!record) return [await resolveTag(route, request, ctx), "MISS"];
+  if (ctx.now() - record.checkedAt < cache.tagTtlMs) return [record, "HIT"];
   const key = `${route.registry}/${route.name}:${tag}`;
-  if ((ctx.cache.staleUntil.get(key) ?? 0) > ctx.now()) {
-    return await serveStale(route, ctx, record);
-  }
-  let current: TagRecord;
+  if (cache.stalePaused(key)) return [record, "STALE"];
   try {
-    [, current] = await resolveTag(route, request, ctx, revalidation(ctx));
-    ctx.cache.staleUntil.delete(key);
+    const current = await resolveTag(route, request, ctx, revalidation(ctx));
+    cache.pauseStale(key, 0);
+    return [current, current.digest === record.digest ? "HIT" : "MISS"];
   } catch (e) {
     if (!(e instanceof RegistryError) || (e.status < 500 && e.status !== 429)) {
       if (e instanceof RegistryError && e.status === 404) {
-        await store.deleteTag(route.registry, route.name, tag);
+        await cache.dropTag(route.registry, route.name, tag);
       }
       throw e;
     }
     // Do not make every pull wait for a failing upstream: ask again after a pause.
-    ctx.cache.staleUntil.set(key, ctx.now() + Math.min(ctx.cache.tagTtlMs, STALE_PAUSE_MS));
+    cache.pauseStale(key, Math.min(cache.tagTtlMs, STALE_PAUSE_MS));
     log.warn("serving stale {registry}/{repository}:{tag}: {error}", {
       registry: route.registry,
       repository: route.name,
       tag,
       error: e.message,
     });
-    return await serveStale(route, ctx, record, e);
+    return [record, "STALE"];
   }
-  const status = current.digest === record.digest ? "HIT" : "MISS";
-  return respond(
-    route,
-    ctx,
-    current.digest,
-    await manifestOf(route, request, ctx, current),
-    status,
-  );
 }
 
-/** A cached tag whose upstream failed: the record for a HEAD, the cached bytes for a GET. */
-async function serveStale(
+/**
+ * Answers with what the client's Accept takes: the tag's manifest, else (for an index or manifest
+ * list) its linux/amd64 child of a type the client takes, as Distribution does; else 404.
+ */
+async function negotiate(
   route: ManifestRoute,
+  request: Request,
   ctx: HandlerContext,
   record: TagRecord,
-  cause?: RegistryError,
+  status: CacheStatus,
 ): Promise<Response> {
-  const stored = await ctx.cache.store.getManifest(record.digest);
-  if (route.method === "GET" && !stored) {
-    throw cause ??
-      new RegistryError("UNAVAILABLE", `upstream ${route.registry} is failing`, { status: 503 });
+  const accept = request.headers.get("accept");
+  if (accepts(accept, record.mediaType)) {
+    if (route.method === "HEAD") return respond(route, ctx, record, status);
+    const [manifest, fetched] = await manifestOf(route, request, ctx, record.digest, status);
+    return respond(route, ctx, served(manifest), fetched ? "MISS" : status);
   }
-  return respond(route, ctx, record.digest, stored ?? record, "STALE");
+  const [index, fetchedIndex] = await manifestOf(route, request, ctx, record.digest, status);
+  const child = platformChild(index.parsed, (type) => accepts(accept, type));
+  if (!child) {
+    throw new RegistryError(
+      "MANIFEST_UNKNOWN",
+      `${route.registry}/${route.name}:${route.reference} is ${record.mediaType}, which the ` +
+        `client's Accept does not take (${accept})`,
+    );
+  }
+  const [manifest, fetchedChild] = await manifestOf(route, request, ctx, child.digest, status);
+  return respond(route, ctx, served(manifest), fetchedIndex || fetchedChild ? "MISS" : status);
 }
 
-/** What the response is built from: the manifest bytes, or a tag record for a HEAD. */
-type Served = StoredManifest | TagRecord;
+/** A manifest by digest from the cache, or from upstream (true: it was fetched). */
+async function manifestOf(
+  route: ManifestRoute,
+  request: Request,
+  ctx: HandlerContext,
+  digest: string,
+  status: CacheStatus,
+): Promise<[Manifest, boolean]> {
+  const cached = await ctx.cache.manifest(digest);
+  if (cached) return [cached, false];
+  if (status === "STALE") {
+    throw new RegistryError("UNAVAILABLE", `upstream ${route.registry} is failing`, {
+      status: 503,
+    });
+  }
+  return [await fetchByDigest(route, request, ctx, digest), true];
+}
+
+function served(manifest: Manifest): Served {
+  return { ...manifest, size: manifest.bytes.byteLength };
+}
 
 function respond(
   route: ManifestRoute,
   ctx: HandlerContext,
-  digest: string,
   served: Served,
   status: CacheStatus,
 ): Response {
-  const size = "bytes" in served ? served.bytes.byteLength : served.size;
   const headers = cacheStatus(
     ctx,
     status,
     registryHeaders({
       "content-type": served.mediaType,
-      "docker-content-digest": digest,
-      "content-length": String(size),
-      etag: `"${digest}"`,
+      "docker-content-digest": served.digest,
+      "content-length": String(served.size),
+      etag: `"${served.digest}"`,
     }),
   );
-  if (status !== "MISS") ctx.cache.eviction.touched("manifest", digest);
-  const body = route.method === "HEAD" || !("bytes" in served) ? null : served.bytes;
+  const body = route.method === "HEAD" ? null : served.bytes ?? null;
   return new Response(body, { headers });
 }
 
-/** For a HEAD, the record is enough; a GET needs the bytes (cached, or fetched by digest). */
-async function manifestOf(
-  route: ManifestRoute,
-  request: Request,
-  ctx: HandlerContext,
-  record: TagRecord,
-): Promise<Served> {
-  if (route.method === "HEAD") return record;
-  const stored = await ctx.cache.store.getManifest(record.digest);
-  return stored ?? await fetchByDigest(route, request, ctx, record.digest);
-}
-
 /**
- * Asks upstream what a tag points to with a HEAD (free on Docker Hub), falling back to a GET when
- * the upstream's HEAD lacks the digest. Concurrent lookups of one tag share one request.
+ * Asks upstream what a tag points to, with the full modern Accept list. A GET without a record
+ * fetches the manifest by tag at once (one request); otherwise a HEAD (free on Docker Hub) names
+ * the digest, whose manifest is then taken from the cache or fetched. The record's media type is
+ * the manifest's own. Concurrent lookups of one tag share one request.
  */
 function resolveTag(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
   patience?: { idleTimeoutMs: number; retries: number },
-): Promise<[string, TagRecord]> {
-  const key = `${route.registry}/${route.name}:${route.reference}`;
-  return ctx.cache.tagFlights.run(key, async () => {
-    const response = await upstreamManifest(route, request, ctx, "HEAD", route.reference, patience);
-    const digest = response.headers.get("docker-content-digest");
-    const type = response.headers.get("content-type");
-    const length = response.headers.get("content-length");
-    if (digest && isValidDigest(digest) && type && length) {
-      return await putTag(route, ctx, digest, { mediaType: type, size: Number(length) });
-    }
-    const fetched = await fetchManifest(route, request, ctx, route.reference);
-    return await putTag(route, ctx, fetched.digest, fetched);
-  }).then((record) => [record.digest, record]);
-}
-
-async function putTag(
-  route: ManifestRoute,
-  ctx: HandlerContext,
-  digest: string,
-  what: { mediaType: string; size?: number; bytes?: Uint8Array },
 ): Promise<TagRecord> {
-  const size = what.size ?? what.bytes?.byteLength ?? 0;
-  const record = { digest, mediaType: what.mediaType, size, checkedAt: ctx.now() };
-  await ctx.cache.store.putTag(route.registry, route.name, route.reference, record);
-  return record;
+  const tag = route.reference;
+  const key = `${route.registry}/${route.name}:${tag}`;
+  return ctx.cache.tagFlights.run(key, async () => {
+    let manifest: Manifest | undefined;
+    if (route.method === "GET" && patience === undefined) {
+      manifest = await fetchManifest(route, request, ctx, tag);
+    } else {
+      const response = await upstreamManifest(route, request, ctx, "HEAD", tag, patience);
+      await response.body?.cancel();
+      const digest = response.headers.get("docker-content-digest");
+      if (digest && isValidDigest(digest)) {
+        manifest = await ctx.cache.manifest(digest);
+        if (manifest) await ctx.cache.addLink(route.registry, route.name, digest);
+      }
+      manifest ??= digest && isValidDigest(digest)
+        ? await fetchByDigest(route, request, ctx, digest)
+        : await fetchManifest(route, request, ctx, tag);
+    }
+    const record = {
+      digest: manifest.digest,
+      mediaType: manifest.mediaType,
+      size: manifest.bytes.byteLength,
+      checkedAt: ctx.now(),
+    };
+    await ctx.cache.keepTag(route.registry, route.name, tag, record);
+    return record;
+  });
 }
 
 /** A manifest by digest from upstream, once however many clients miss it at the same time. */
@@ -199,42 +220,46 @@ function fetchByDigest(
   request: Request,
   ctx: HandlerContext,
   digest: string,
-): Promise<StoredManifest & { digest: string }> {
+): Promise<Manifest> {
   const key = `${route.registry}/${route.name}@${digest}`;
-  return ctx.cache.manifestFlights.run(key, () => fetchManifest(route, request, ctx, digest))
-    .then((m) => ({ ...m, digest }));
+  return ctx.cache.manifestFlights.run(key, () => fetchManifest(route, request, ctx, digest));
 }
 
-/** GETs a manifest upstream, verifies it against a requested digest, stores and links it. */
+/**
+ * GETs a manifest upstream, verifies it against a requested digest, takes its media type from its
+ * own bytes (refusing what is not a valid manifest), then caches and links it.
+ */
 async function fetchManifest(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
   reference: string,
-): Promise<StoredManifest & { digest: string }> {
+): Promise<Manifest> {
   const byDigest = isDigestReference(reference);
+  const what = `${route.registry}/${route.name}${byDigest ? "@" : ":"}${reference}`;
   const response = await upstreamManifest(route, request, ctx, "GET", reference);
   const bytes = await readLimited(response.body, MAX_MANIFEST_BYTES);
   if (!bytes) {
     throw new RegistryError(
       "MANIFEST_INVALID",
-      `${route.registry}: manifest ${route.name}:${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`,
+      `manifest ${what} is larger than ${MAX_MANIFEST_BYTES} bytes`,
       { status: 502 },
     );
   }
-  const digest = digestOf(bytes, byDigest ? reference : "sha256:");
+  const claimed = response.headers.get("docker-content-digest");
+  const digest = digestOf(bytes, byDigest ? reference : claimed ?? "sha256:");
   if (byDigest && digest !== reference) {
     throw new RegistryError(
       "MANIFEST_INVALID",
-      `${route.registry}: upstream sent a manifest with digest ${digest} for ${reference}`,
+      `upstream sent a manifest with digest ${digest} for ${what}`,
       { status: 502 },
     );
   }
-  const manifest = { mediaType: response.headers.get("content-type") ?? mediaTypeOf(bytes), bytes };
-  await ctx.cache.store.putManifest(digest, manifest);
-  ctx.cache.eviction.added("manifest", digest, bytes.byteLength);
-  await ctx.cache.store.addLink(route.registry, route.name, digest);
-  return { ...manifest, digest };
+  const parsed = parseManifest(bytes, what);
+  if (parsed instanceof RegistryError) throw parsed;
+  const manifest = { digest, mediaType: parsed.mediaType, bytes, parsed };
+  await ctx.cache.keepManifest(route.registry, route.name, manifest);
+  return manifest;
 }
 
 async function upstreamManifest(
@@ -245,27 +270,18 @@ async function upstreamManifest(
   reference: string,
   patience?: { idleTimeoutMs: number; retries: number },
 ): Promise<Response> {
+  // A tag is resolved the same for every client; by digest, the client's types are added.
+  const accept = isDigestReference(reference)
+    ? manifestAccept(`${CANONICAL_ACCEPT}, ${request.headers.get("accept") ?? ""}`)
+    : CANONICAL_ACCEPT;
   const response = await ctx.upstream(route.registry).request({
     ...patience,
     method,
     path: `/v2/${route.name}/manifests/${reference}`,
-    headers: {
-      ...forwardedHeaders(request),
-      accept: manifestAccept(request.headers.get("accept")),
-    },
+    headers: { ...forwardedHeaders(request), accept },
     scope: pullScope(route.name),
   }, ctx.record);
   ctx.record.upstreamStatus = response.status;
   if (response.status !== 200) throw await upstreamError(response, route.registry, "manifest");
   return response;
-}
-
-/** The `mediaType` field of a manifest, or OCI's image manifest when it has none. */
-function mediaTypeOf(bytes: Uint8Array): string {
-  try {
-    const mediaType = JSON.parse(new TextDecoder().decode(bytes))?.mediaType;
-    return typeof mediaType === "string" ? mediaType : OCI_MANIFEST;
-  } catch {
-    return OCI_MANIFEST;
-  }
 }

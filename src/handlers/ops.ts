@@ -24,7 +24,8 @@ export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise
     case "healthz":
       return Response.json({ status: "ok" });
     case "readyz": {
-      const problem = await cacheProblem(ops.cache);
+      // A cache that cannot write (a full disk) is reported, not hidden.
+      const problem = await ops.cache.writeProblem();
       return Response.json(
         problem ? { status: "unready", problem } : { status: "ready" },
         { status: problem ? 503 : 200 },
@@ -40,18 +41,6 @@ export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
         },
       });
-  }
-}
-
-/** Why the cache directory cannot be written, if it cannot. */
-async function cacheProblem(cache: Cache): Promise<string | undefined> {
-  try {
-    const spool = await cache.store.createSpool();
-    spool.file.close();
-    await Deno.remove(spool.path);
-    return undefined;
-  } catch (e) {
-    return `cache directory not writable: ${(e as Error).message}`;
   }
 }
 
