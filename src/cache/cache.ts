@@ -41,7 +41,7 @@ export class Cache {
   readonly tagTtlMs: number;
   readonly counts: Record<CacheStatus, number> = { HIT: 0, MISS: 0, STALE: 0 };
   /** Concurrent lookups of one tag share one upstream request. */
-  readonly tagFlights = new SingleFlight<TagRecord>();
+  readonly tagFlights = new SingleFlight<{ record: TagRecord; manifest: Manifest }>();
   /** Concurrent misses of one manifest digest share one upstream request. */
   readonly manifestFlights = new SingleFlight<Manifest>();
   readonly #now: () => number;

@@ -61,8 +61,14 @@ export async function handleManifest(
     }
     return respond(route, ctx, served(await fetchByDigest(route, request, ctx, digest)), "MISS");
   }
-  const [record, status] = await tagRecord(route, request, ctx);
-  return await negotiate(route, request, ctx, record, status);
+  return await negotiate(route, request, ctx, await tagRecord(route, request, ctx));
+}
+
+/** A tag's record, how it was obtained, and its manifest when this lookup just fetched it. */
+interface Resolved {
+  record: TagRecord;
+  status: CacheStatus;
+  manifest?: Manifest;
 }
 
 /** The tag's canonical record and how it was obtained: fresh, revalidated, fetched or stale. */
@@ -70,18 +76,18 @@ async function tagRecord(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
-): Promise<[TagRecord, CacheStatus]> {
+): Promise<Resolved> {
   const { cache } = ctx;
   const tag = route.reference;
   const record = await cache.tag(route.registry, route.name, tag);
-  if (!record) return [await resolveTag(route, request, ctx), "MISS"];
-  if (ctx.now() - record.checkedAt < cache.tagTtlMs) return [record, "HIT"];
+  if (!record) return { ...await resolveTag(route, request, ctx), status: "MISS" };
+  if (ctx.now() - record.checkedAt < cache.tagTtlMs) return { record, status: "HIT" };
   const key = `${route.registry}/${route.name}:${tag}`;
-  if (cache.stalePaused(key)) return [record, "STALE"];
+  if (cache.stalePaused(key)) return { record, status: "STALE" };
   try {
     const current = await resolveTag(route, request, ctx, revalidation(ctx));
     cache.pauseStale(key, 0);
-    return [current, current.digest === record.digest ? "HIT" : "MISS"];
+    return { ...current, status: current.record.digest === record.digest ? "HIT" : "MISS" };
   } catch (e) {
     if (!(e instanceof RegistryError) || (e.status < 500 && e.status !== 429)) {
       if (e instanceof RegistryError && e.status === 404) {
@@ -97,28 +103,37 @@ async function tagRecord(
       tag,
       error: e.message,
     });
-    return [record, "STALE"];
+    return { record, status: "STALE" };
   }
 }
 
 /**
  * Answers with what the client's Accept takes: the tag's manifest, else (for an index or manifest
- * list) its linux/amd64 child of a type the client takes, as Distribution does; else 404.
+ * list) its linux/amd64 child of a type the client takes, as Distribution does; else 404. A HEAD
+ * is answered from the record or the index's descriptor when the bytes are not at hand, so that
+ * it costs no upstream GET (Docker Hub counts those); STALE answers only with cached bytes.
  */
 async function negotiate(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
-  record: TagRecord,
-  status: CacheStatus,
+  { record, status, manifest }: Resolved,
 ): Promise<Response> {
   const accept = request.headers.get("accept");
+  const head = route.method === "HEAD" && status !== "STALE";
   if (accepts(accept, record.mediaType)) {
-    if (route.method === "HEAD") return respond(route, ctx, record, status);
-    const [manifest, fetched] = await manifestOf(route, request, ctx, record.digest, status);
-    return respond(route, ctx, served(manifest), fetched ? "MISS" : status);
+    if (head) return respond(route, ctx, record, status);
+    const [own, fetched] = await manifestOf(route, request, ctx, record.digest, status, manifest);
+    return respond(route, ctx, served(own), fetched ? "MISS" : status);
   }
-  const [index, fetchedIndex] = await manifestOf(route, request, ctx, record.digest, status);
+  const [index, fetchedIndex] = await manifestOf(
+    route,
+    request,
+    ctx,
+    record.digest,
+    status,
+    manifest,
+  );
   const child = platformChild(index.parsed, (type) => accepts(accept, type));
   if (!child) {
     throw new RegistryError(
@@ -127,18 +142,30 @@ async function negotiate(
         `client's Accept does not take (${accept})`,
     );
   }
-  const [manifest, fetchedChild] = await manifestOf(route, request, ctx, child.digest, status);
-  return respond(route, ctx, served(manifest), fetchedIndex || fetchedChild ? "MISS" : status);
+  const cachedChild = await ctx.cache.manifest(child.digest);
+  if (head && !cachedChild) {
+    const described = { digest: child.digest, mediaType: child.mediaType!, size: child.size };
+    return respond(route, ctx, described, fetchedIndex ? "MISS" : status);
+  }
+  const [own, fetchedChild] = cachedChild
+    ? [cachedChild, false]
+    : await manifestOf(route, request, ctx, child.digest, status);
+  return respond(route, ctx, served(own), fetchedIndex || fetchedChild ? "MISS" : status);
 }
 
-/** A manifest by digest from the cache, or from upstream (true: it was fetched). */
+/**
+ * A manifest by digest: the one at hand, the cached one, or from upstream (true: it was fetched).
+ * While serving stale, only a cached one.
+ */
 async function manifestOf(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
   digest: string,
   status: CacheStatus,
+  atHand?: Manifest,
 ): Promise<[Manifest, boolean]> {
+  if (atHand?.digest === digest) return [atHand, false];
   const cached = await ctx.cache.manifest(digest);
   if (cached) return [cached, false];
   if (status === "STALE") {
@@ -184,7 +211,7 @@ function resolveTag(
   request: Request,
   ctx: HandlerContext,
   patience?: { idleTimeoutMs: number; retries: number },
-): Promise<TagRecord> {
+): Promise<{ record: TagRecord; manifest: Manifest }> {
   const tag = route.reference;
   const key = `${route.registry}/${route.name}:${tag}`;
   return ctx.cache.tagFlights.run(key, async () => {
@@ -210,7 +237,7 @@ function resolveTag(
       checkedAt: ctx.now(),
     };
     await ctx.cache.keepTag(route.registry, route.name, tag, record);
-    return record;
+    return { record, manifest };
   });
 }
 
