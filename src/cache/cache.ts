@@ -30,6 +30,13 @@ export interface CachedBlob extends OpenedBlob {
   release(): void;
 }
 
+/**
+ * The link naming a registry as a supplier of a digest: its upstream sent these exact bytes (a
+ * verified fill or manifest fetch), which makes its HEAD proof enough for its other repositories.
+ * Not a valid repository name, so it never collides with one.
+ */
+const SUPPLIED = "_supplied";
+
 /** Tags whose revalidation failed are paused: bounded, since tags are chosen by clients. */
 const MAX_PAUSED_TAGS = 10_000;
 
@@ -56,7 +63,12 @@ export class Cache {
     this.#now = now;
     this.tagTtlMs = settings.tagTtlMs;
     this.eviction = new Eviction(store, settings.maxSizeBytes, now);
-    this.fills = new Fills({ store, eviction: this.eviction });
+    this.fills = new Fills({
+      store,
+      eviction: this.eviction,
+      committed: (fill) =>
+        this.#supplied(fill.origin.registry, fill.origin.repository, fill.digest),
+    });
   }
 
   /**
@@ -92,13 +104,13 @@ export class Cache {
     return Object.assign(blob, { release });
   }
 
-  /** The fill of `digest` in flight, joined, or a new one started with `open`. */
+  /** The fill of `digest` from `origin.registry` in flight, joined, or a new one started. */
   fill(
     digest: string,
     origin: Fill["origin"],
     open: OpenUpstream,
   ): { fill: Promise<Fill>; joined: boolean } {
-    const pending = this.fills.get(digest);
+    const pending = this.fills.get(origin.registry, digest);
     if (pending) {
       this.fills.stats.coalesced++;
       return { fill: pending, joined: true };
@@ -123,7 +135,10 @@ export class Cache {
   /** A cached manifest, verified against its digest; one that no longer parses is dropped. */
   async manifest(digest: string): Promise<Manifest | undefined> {
     const bytes = await this.store.getManifest(digest);
-    if (!bytes) return undefined;
+    if (!bytes) {
+      this.eviction.forget("manifest", digest); // missing or found corrupt (the store dropped it)
+      return undefined;
+    }
     const parsed = parseManifest(bytes, digest);
     if (parsed instanceof RegistryError) {
       log.warn("cached manifest {digest} is not a valid manifest: removed ({error})", {
@@ -131,6 +146,7 @@ export class Cache {
         error: parsed.message,
       });
       await this.store.delete("manifest", digest).catch(() => {});
+      this.eviction.forget("manifest", digest);
       return undefined;
     }
     this.eviction.touched("manifest", digest);
@@ -142,8 +158,18 @@ export class Cache {
     await this.#write(`manifest ${manifest.digest}`, async () => {
       await this.store.putManifest(manifest.digest, manifest.bytes);
       this.eviction.added("manifest", manifest.digest, manifest.bytes.byteLength);
-      await this.store.addLink(registry, repository, manifest.digest);
     });
+    await this.#supplied(registry, repository, manifest.digest);
+  }
+
+  /** True once `registry`'s upstream itself sent the bytes of `digest` (verified). */
+  suppliedBy(registry: string, digest: string): Promise<boolean> {
+    return this.store.hasLink(registry, SUPPLIED, digest);
+  }
+
+  async #supplied(registry: string, repository: string, digest: string): Promise<void> {
+    await this.addLink(registry, repository, digest);
+    await this.addLink(registry, SUPPLIED, digest);
   }
 
   /** The tag record, if any. */

@@ -71,6 +71,14 @@ export class Eviction {
   }
 
   /**
+   * How far ahead of its writes a fill reserves room: 64 MiB, or a 16th of maxSize when smaller,
+   * so that an upstream claiming a large size cannot make many other objects go before it sends.
+   */
+  get reserveStep(): number {
+    return Math.min(64 * 1024 * 1024, Math.ceil((this.#maxSize ?? Infinity) / 16));
+  }
+
+  /**
    * Counts `size` bytes a fill is about to write against maxSize, evicting to make room. Returns
    * the release function, called when the fill ends (before `added` on success).
    */
@@ -158,7 +166,19 @@ export class Eviction {
   /** Evicts least-recently-used objects until the cache holds at most `target` bytes. */
   async evictTo(target: number): Promise<void> {
     await this.settled();
-    await this.#evict(target);
+    // Marked running, so that no background pass starts meanwhile and counts bytes twice.
+    this.#running = this.#evict(target).finally(() => this.#running = undefined);
+    await this.#running;
+  }
+
+  /** Forgets an object deleted outside eviction (found corrupt, say). */
+  forget(kind: ObjectKind, digest: string): void {
+    const key = `${kind}:${digest}`;
+    const entry = this.#entries.get(key);
+    if (!entry) return;
+    this.#entries.delete(key);
+    this.#touched.delete(key);
+    this.#bytes -= entry.size;
   }
 
   async #evict(target: number): Promise<void> {
@@ -167,8 +187,9 @@ export class Eviction {
     let count = 0;
     for (const [key, entry] of oldest) {
       if (this.#bytes <= target) break;
-      if (this.#pins.has(key)) continue;
+      if (this.#pins.has(key) || this.#entries.get(key) !== entry) continue;
       await this.#store.delete(entry.kind, entry.digest);
+      if (this.#entries.get(key) !== entry) continue; // forgotten or replaced meanwhile
       this.#entries.delete(key);
       this.#touched.delete(key);
       this.#bytes -= entry.size;

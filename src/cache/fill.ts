@@ -18,6 +18,8 @@ const READ_CHUNK = 64 * 1024;
 export const UNKNOWN_LENGTH_LIMIT = 1024 ** 3;
 /** Upstream bytes held in memory for clients of a fill that stopped caching, at most. */
 export const PASS_THROUGH_BUFFER = 8 * 1024 * 1024;
+/** How long the spool of a fill that did not cache waits for a client that joined to attach. */
+const ATTACH_GRACE_MS = 30_000;
 /** A fill that stopped caching waits this long for its slowest client before giving up. */
 const CLIENT_STALL_MS = 60_000;
 
@@ -44,6 +46,8 @@ export interface FillDeps {
   store: Store;
   eviction: Eviction;
   sleep?: (ms: number) => Promise<void>;
+  /** Called once a fill's blob is committed: its origin registry supplied these bytes. */
+  committed?: (fill: Fill) => Promise<void>;
 }
 
 interface Follower {
@@ -79,6 +83,7 @@ export class Fill {
   #roomWaiter?: () => void;
   /** Called once no follower needs the spool any more and the pump is done with it. */
   #onIdle?: () => void;
+  #graceTimer?: ReturnType<typeof setTimeout>;
 
   constructor(
     digest: string,
@@ -152,7 +157,18 @@ export class Fill {
   }
 
   #checkIdle(): void {
-    if (this.#onIdle && this.#followers.size === 0) {
+    if (!this.#onIdle || this.#followers.size > 0) return;
+    if (!this.#hadFollowers) {
+      // A client that joined may attach later (after a HEAD upstream): the spool waits for it.
+      this.#graceTimer ??= setTimeout(() => {
+        this.#hadFollowers = true;
+        this.#checkIdle();
+      }, ATTACH_GRACE_MS);
+      Deno.unrefTimer(this.#graceTimer);
+      return;
+    }
+    clearTimeout(this.#graceTimer);
+    {
       const fn = this.#onIdle;
       this.#onIdle = undefined;
       fn();
@@ -279,6 +295,8 @@ export class Fills {
   readonly #store: Store;
   readonly #eviction: Eviction;
   readonly #sleep: (ms: number) => Promise<void>;
+  readonly #committed?: (fill: Fill) => Promise<void>;
+  /** Keyed by registry and digest: a fill is never shared with another registry's clients. */
   readonly #inflight = new Map<string, Promise<Fill>>();
   readonly stats: FillStats = {
     started: 0,
@@ -295,11 +313,12 @@ export class Fills {
     this.#store = deps.store;
     this.#eviction = deps.eviction;
     this.#sleep = deps.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    this.#committed = deps.committed;
   }
 
-  /** The fill in flight for `digest`, if any (one that stopped caching is not joined). */
-  get(digest: string): Promise<Fill> | undefined {
-    return this.#inflight.get(digest);
+  /** The fill of `digest` from `registry` in flight, if any (one that stopped caching is not). */
+  get(registry: string, digest: string): Promise<Fill> | undefined {
+    return this.#inflight.get(fillKey(registry, digest));
   }
 
   /** Number of fills in flight. */
@@ -316,8 +335,9 @@ export class Fills {
     this.stats.started++;
     // deno-lint-ignore prefer-const -- assigned once, read by the closures below
     let started: Promise<Fill>;
+    const key = fillKey(origin.registry, digest);
     const forget = () => {
-      if (this.#inflight.get(digest) === started) this.#inflight.delete(digest);
+      if (this.#inflight.get(key) === started) this.#inflight.delete(key);
     };
     started = (async () => {
       const response = await open(0);
@@ -335,9 +355,10 @@ export class Fills {
         // Later clients start their own fill: this one keeps no bytes for them.
         forget();
       }
-      const unreserve = spool && size !== undefined ? this.#eviction.reserve(size) : () => {};
+      const reservation = new Reservation(this.#eviction, spool ? size : undefined);
+      const unreserve = () => reservation.release();
       const unpin = this.#eviction.pin("blob", digest);
-      this.#pump(fill, response, spool, open, unreserve)
+      this.#pump(fill, response, spool, open, reservation, forget)
         .finally(() => {
           unreserve();
           unpin();
@@ -348,7 +369,7 @@ export class Fills {
         });
       return fill;
     })();
-    this.#inflight.set(digest, started);
+    this.#inflight.set(key, started);
     started.catch(forget);
     return started;
   }
@@ -358,9 +379,11 @@ export class Fills {
     first: Response,
     spool: Spool | undefined,
     open: OpenUpstream,
-    unreserve: () => void,
+    reservation: Reservation,
+    forget: () => void,
   ): Promise<void> {
     const file = spool?.file;
+    const unreserve = () => reservation.release();
     const began = performance.now();
     const hash = createHash(fill.digest.startsWith("sha512:") ? "sha512" : "sha256");
     let body: ReadableStream<Uint8Array> | null = first.body;
@@ -376,7 +399,7 @@ export class Fills {
         file?.close();
       } catch { /* already closed */ }
       // New clients start a fill of their own (the disk may have room again by then).
-      this.#inflight.delete(fill.digest);
+      forget();
     };
     try {
       for (;;) {
@@ -409,6 +432,7 @@ export class Fills {
           }
         }
         fill.appended(chunk);
+        if (fill.caching) reservation.ahead(fill.stored);
         if (fill.caching && fill.size === undefined && fill.stored > UNKNOWN_LENGTH_LIMIT) {
           stopCaching("no Content-Length and past the bound");
         }
@@ -465,6 +489,7 @@ export class Fills {
     await this.#store.commitBlob(spool.path, fill.digest);
     unreserve(); // the reservation becomes the object itself
     this.#eviction.added("blob", fill.digest, fill.received);
+    await this.#committed?.(fill);
   }
 
   /**
@@ -529,6 +554,44 @@ export class Fills {
       size: fill.size ?? null,
     });
   }
+}
+
+/**
+ * A fill's Content-Length counted against maxSize ahead of its writes, one step at a time: room is
+ * made before the bytes land, and an upstream that claims a huge length and drips cannot make the
+ * cache evict more than a step for it.
+ */
+class Reservation {
+  readonly #eviction: Eviction;
+  readonly #size?: number;
+  #reserved = 0;
+  #releases: (() => void)[] = [];
+
+  constructor(eviction: Eviction, size: number | undefined) {
+    this.#eviction = eviction;
+    this.#size = size;
+    this.ahead(0);
+  }
+
+  /** Reserves up to a step beyond `written` bytes (never beyond the size). */
+  ahead(written: number): void {
+    const step = this.#eviction.reserveStep;
+    if (this.#size === undefined || written + step / 2 < this.#reserved) return;
+    const target = Math.min(this.#size, written + step);
+    if (target <= this.#reserved) return;
+    this.#releases.push(this.#eviction.reserve(target - this.#reserved));
+    this.#reserved = target;
+  }
+
+  release(): void {
+    for (const release of this.#releases) release();
+    this.#releases = [];
+    this.#reserved = 0;
+  }
+}
+
+function fillKey(registry: string, digest: string): string {
+  return `${registry}@${digest}`;
 }
 
 /** The stream without its first `count` bytes. */

@@ -5,7 +5,7 @@ import type { Fill } from "../cache/fill.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
-import { confirmLink } from "./confirm.ts";
+import { confirmLink, mayServe } from "./confirm.ts";
 import {
   cacheStatus,
   forwardedHeaders,
@@ -28,17 +28,19 @@ export async function handleBlob(
 ): Promise<Response> {
   const { cache } = ctx;
   const link = { ...route, kind: "blobs" as const };
-  if (!cache.fills.get(route.digest)) {
+  if (!cache.fills.get(route.registry, route.digest)) {
     // Pinned and opened before the upstream is asked anything: eviction cannot take it meanwhile.
     const stored = await cache.openBlob(route.digest);
     if (stored) {
+      let servable = false;
       try {
-        await confirmLink(ctx, request, link);
-        return serveStored(route, request, ctx, stored);
-      } catch (e) {
-        stored.close();
-        stored.release();
-        throw e;
+        servable = await mayServe(ctx, request, link);
+        if (servable) return serveStored(route, request, ctx, stored);
+      } finally {
+        if (!servable) {
+          stored.close();
+          stored.release();
+        }
       }
     }
   }
@@ -52,11 +54,8 @@ export async function handleBlob(
     (offset) => openUpstream(route, request, ctx, offset),
   );
   const fill = await pending;
-  if (fill.origin.registry !== route.registry || fill.origin.repository !== route.name) {
-    await confirmLink(ctx, request, link);
-  } else {
-    await cache.addLink(route.registry, route.name, route.digest);
-  }
+  // A fill of this registry started for another repository: its upstream must confirm this one.
+  if (fill.origin.repository !== route.name) await confirmLink(ctx, request, link);
   return serveFill(fill, request, ctx);
 }
 

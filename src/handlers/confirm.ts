@@ -1,18 +1,39 @@
-// Serving cached content to a repository only once the upstream confirmed that repository has it.
+// Who may be served cached content: a repository its registry's upstream confirmed holds it, and
+// never another registry on that registry's word alone (see the README's trust model).
 
 import { manifestAccept } from "../oci/media_types.ts";
 import { upstreamError } from "../upstream/errors.ts";
 import { forwardedHeaders, type HandlerContext, pullScope } from "./context.ts";
 
+type Target = { registry: string; name: string; kind: "blobs" | "manifests"; digest: string };
+
 /**
- * True when `digest` may be served from the cache to `name` of `registry`: it was fetched through
- * that repository before, or a HEAD upstream confirms it now (then remembered). Content cached
- * through one repository never leaks to another that does not hold it.
+ * True when cached `digest` may be served to `name` of `registry`: it was fetched through that
+ * repository before, or the registry's upstream itself sent these bytes before and now confirms
+ * (HEAD) that `name` holds them. False when only other registries supplied them: the caller then
+ * fetches the bytes from this registry, since a HEAD proves nothing about possession of content
+ * another upstream (perhaps with credentials) sent. Throws the upstream's refusal.
+ */
+export async function mayServe(
+  ctx: HandlerContext,
+  request: Request,
+  target: Target,
+): Promise<boolean> {
+  const { registry, name, digest } = target;
+  if (await ctx.cache.hasLink(registry, name, digest)) return true;
+  if (!(await ctx.cache.suppliedBy(registry, digest))) return false;
+  await confirmLink(ctx, request, target);
+  return true;
+}
+
+/**
+ * Asks the registry's upstream (HEAD) whether `name` holds `digest`, and remembers a yes. Content
+ * of one repository never reaches another that does not hold it; throws the upstream's refusal.
  */
 export async function confirmLink(
   ctx: HandlerContext,
   request: Request,
-  target: { registry: string; name: string; kind: "blobs" | "manifests"; digest: string },
+  target: Target,
 ): Promise<void> {
   const { registry, name, kind, digest } = target;
   if (await ctx.cache.hasLink(registry, name, digest)) return;

@@ -14,7 +14,7 @@ import { accepts, manifestAccept, MODERN_MANIFEST_TYPES } from "../oci/media_typ
 import { isDigestReference, isValidDigest } from "../oci/names.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
-import { confirmLink } from "./confirm.ts";
+import { mayServe } from "./confirm.ts";
 import {
   cacheStatus,
   forwardedHeaders,
@@ -54,11 +54,8 @@ export async function handleManifest(
   if (isDigestReference(route.reference)) {
     // By digest the client names the exact content: served whatever its Accept (as Distribution).
     const digest = route.reference;
-    const cached = await ctx.cache.manifest(digest);
-    if (cached) {
-      await confirmLink(ctx, request, { ...route, kind: "manifests", digest });
-      return respond(route, ctx, served(cached), "HIT");
-    }
+    const cached = await cachedFor(route, request, ctx, digest);
+    if (cached) return respond(route, ctx, served(cached), "HIT");
     return respond(route, ctx, served(await fetchByDigest(route, request, ctx, digest)), "MISS");
   }
   return await negotiate(route, request, ctx, await tagRecord(route, request, ctx));
@@ -142,7 +139,7 @@ async function negotiate(
         `client's Accept does not take (${accept})`,
     );
   }
-  const cachedChild = await ctx.cache.manifest(child.digest);
+  const cachedChild = await cachedFor(route, request, ctx, child.digest);
   if (head && !cachedChild) {
     const described = { digest: child.digest, mediaType: child.mediaType!, size: child.size };
     return respond(route, ctx, described, fetchedIndex ? "MISS" : status);
@@ -166,7 +163,7 @@ async function manifestOf(
   atHand?: Manifest,
 ): Promise<[Manifest, boolean]> {
   if (atHand?.digest === digest) return [atHand, false];
-  const cached = await ctx.cache.manifest(digest);
+  const cached = await cachedFor(route, request, ctx, digest);
   if (cached) return [cached, false];
   if (status === "STALE") {
     throw new RegistryError("UNAVAILABLE", `upstream ${route.registry} is failing`, {
@@ -174,6 +171,21 @@ async function manifestOf(
     });
   }
   return [await fetchByDigest(route, request, ctx, digest), true];
+}
+
+/**
+ * A cached manifest this repository may be served (see mayServe): a digest named by an index is
+ * no proof either, since the index comes from the same upstream.
+ */
+async function cachedFor(
+  route: ManifestRoute,
+  request: Request,
+  ctx: HandlerContext,
+  digest: string,
+): Promise<Manifest | undefined> {
+  const cached = await ctx.cache.manifest(digest);
+  if (!cached) return undefined;
+  return await mayServe(ctx, request, { ...route, kind: "manifests", digest }) ? cached : undefined;
 }
 
 function served(manifest: Manifest): Served {
@@ -222,7 +234,8 @@ function resolveTag(
       const response = await upstreamManifest(route, request, ctx, "HEAD", tag, patience);
       await response.body?.cancel();
       const digest = response.headers.get("docker-content-digest");
-      if (digest && isValidDigest(digest)) {
+      // The tag's digest is taken from the cache only if this registry supplied those bytes.
+      if (digest && isValidDigest(digest) && await ctx.cache.suppliedBy(route.registry, digest)) {
         manifest = await ctx.cache.manifest(digest);
         if (manifest) await ctx.cache.addLink(route.registry, route.name, digest);
       }

@@ -1,0 +1,203 @@
+import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import {
+  assertBody,
+  exists,
+  patterned,
+  putBlob,
+  readAll,
+  sha256,
+  tempStore,
+  tmpEntries,
+} from "./_test_support.ts";
+import type { ListedTag, ObjectInfo, TagRecord } from "./store.ts";
+
+const RECORD: TagRecord = {
+  digest: sha256(new TextEncoder().encode("manifest")),
+  mediaType: OCI_MANIFEST,
+  size: 8,
+  checkedAt: 1_700_000_000_000,
+};
+
+function manifestBytes(seed: string): Uint8Array<ArrayBuffer> {
+  const doc = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: {
+      mediaType: "application/vnd.oci.image.config.v1+json",
+      digest: RECORD.digest,
+      size: 8,
+    },
+    layers: [],
+    annotations: { seed },
+  };
+  return new TextEncoder().encode(JSON.stringify(doc, null, 2)); // newlines inside, on purpose
+}
+
+function hexPath(dir: string, kind: "blobs" | "manifests", digest: string): string {
+  return `${dir}/${kind}/sha256/${digest.slice("sha256:".length)}`;
+}
+
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
+}
+
+Deno.test("fs store: list() and listTags() skip stray files in every directory", async () => {
+  await using t = await tempStore();
+  const { dir, store } = t;
+  const blob = await putBlob(store, patterned(1000));
+  const manifest = manifestBytes("list");
+  await store.putManifest(sha256(manifest), manifest);
+  await store.putTag("docker.io", "library/alpine", "3.20", RECORD);
+  await store.addLink("docker.io", "library/alpine", blob);
+  const text = new TextEncoder().encode("not cache content\n");
+  for (
+    const file of [
+      "README",
+      "blobs/.keep",
+      "blobs/sha256/README",
+      "manifests/README",
+      "manifests/sha256/README",
+      "manifests/sha512", // a file where an algorithm directory would be
+      "tags/README",
+      "tags/docker.io/README",
+      "tags/docker.io/library%2Falpine/README",
+      "tags/docker.io/library%2Falpine/broken.json",
+      "links/.keep",
+      "links/docker.io/README",
+    ]
+  ) await Deno.writeFile(`${dir}/${file}`, text);
+  await Deno.mkdir(`${dir}/blobs/sha256/zz`);
+  await Deno.mkdir(`${dir}/blobs/md5`);
+  await Deno.mkdir(`${dir}/tags/docker.io/library%2Falpine/sub`);
+
+  const objects = await collect(store.list());
+  deepEqual(
+    objects.map(({ kind, digest, size }) => ({ kind, digest, size })),
+    [
+      { kind: "blob", digest: blob, size: 1000 },
+      { kind: "manifest", digest: sha256(manifest), size: manifest.length },
+    ] satisfies Omit<ObjectInfo, "accessedMs">[],
+  );
+  deepEqual(
+    await collect(store.listTags()),
+    [
+      { registry: "docker.io", repository: "library/alpine", tag: "3.20", record: RECORD },
+    ] satisfies ListedTag[],
+  );
+  ok(await store.hasLink("docker.io", "library/alpine", blob));
+});
+
+/** Repository names whose file-name form is long: near and past the 255-byte file name limit. */
+const LONG_NAMES = [
+  `${"a".repeat(125)}/${"b".repeat(125)}`, // 253 bytes URL-encoded
+  `${"a".repeat(127)}/${"b".repeat(127)}`, // 259 bytes URL-encoded
+  Array.from({ length: 60 }, (_, i) => `n${i}`).join("/"), // ~330 bytes URL-encoded
+];
+
+Deno.test("fs store: tags and links of repositories with very long names", async () => {
+  await using t = await tempStore();
+  const { store } = t;
+  for (const [i, repository] of LONG_NAMES.entries()) {
+    ok(encodeURIComponent(repository).length > 250, repository);
+    const record = { ...RECORD, size: i };
+    await store.putTag("ghcr.io", repository, "latest", record);
+    deepEqual(await store.getTag("ghcr.io", repository, "latest"), record);
+    equal(await store.hasLink("ghcr.io", repository, RECORD.digest), false);
+    await store.addLink("ghcr.io", repository, RECORD.digest);
+    ok(await store.hasLink("ghcr.io", repository, RECORD.digest));
+  }
+  const listed = (await collect(store.listTags()))
+    .map(({ registry, repository, tag, record }) => ({
+      registry,
+      repository,
+      tag,
+      size: record.size,
+    }))
+    .sort((a, b) => a.size - b.size);
+  deepEqual(
+    listed,
+    LONG_NAMES.map((repository, size) => ({
+      registry: "ghcr.io",
+      repository,
+      tag: "latest",
+      size,
+    })),
+  );
+  await store.deleteTag("ghcr.io", LONG_NAMES[1], "latest");
+  equal(await store.getTag("ghcr.io", LONG_NAMES[1], "latest"), undefined);
+  deepEqual(await store.getTag("ghcr.io", LONG_NAMES[2], "latest"), { ...RECORD, size: 2 });
+});
+
+Deno.test("fs store: manifests are stored as their exact bytes", async () => {
+  await using t = await tempStore();
+  const bytes = manifestBytes("exact");
+  const digest = sha256(bytes);
+  await t.store.putManifest(digest, bytes);
+  deepEqual(await Deno.readFile(hexPath(t.dir, "manifests", digest)), bytes);
+  deepEqual(await t.store.getManifest(digest), bytes);
+  equal(await t.store.getManifest(sha256(manifestBytes("other"))), undefined);
+});
+
+Deno.test("fs store: a manifest whose bytes do not match its digest is dropped", async () => {
+  await using t = await tempStore();
+  const bytes = manifestBytes("corrupt");
+  const digest = sha256(bytes);
+  const path = hexPath(t.dir, "manifests", digest);
+  await t.store.putManifest(digest, bytes);
+  const corrupt = bytes.slice();
+  corrupt[10] ^= 1;
+  await Deno.writeFile(path, corrupt);
+  equal(await t.store.getManifest(digest), undefined);
+  equal(await exists(path), false);
+});
+
+Deno.test("fs store: a manifest in the legacy layout (media type line first) reads as its bytes", async () => {
+  await using t = await tempStore();
+  const bytes = manifestBytes("legacy");
+  const digest = sha256(bytes);
+  const head = new TextEncoder().encode(`${OCI_MANIFEST}\n`);
+  const legacy = new Uint8Array(head.length + bytes.length);
+  legacy.set(head);
+  legacy.set(bytes, head.length);
+  await Deno.mkdir(`${t.dir}/manifests/sha256`, { recursive: true });
+  await Deno.writeFile(hexPath(t.dir, "manifests", digest), legacy);
+  deepEqual(await t.store.getManifest(digest), bytes);
+});
+
+Deno.test("fs store: a failed atomic write leaves no temp file behind", async () => {
+  await using t = await tempStore();
+  const bytes = manifestBytes("atomic");
+  await Deno.writeFile(`${t.dir}/manifests/sha256`, new Uint8Array()); // a file where a dir goes
+  await rejects(t.store.putManifest(sha256(bytes), bytes));
+  await Deno.writeFile(`${t.dir}/tags/quay.io`, new Uint8Array());
+  await rejects(t.store.putTag("quay.io", "org/app", "v1", RECORD));
+  deepEqual(await tmpEntries(t.dir), []);
+});
+
+Deno.test("fs store: an opened blob stays readable after it is deleted", async () => {
+  await using t = await tempStore();
+  const bytes = patterned(300 * 1024, 4);
+  const digest = await putBlob(t.store, bytes);
+  const whole = await t.store.openBlob(digest);
+  const part = await t.store.openBlob(digest);
+  const unused = await t.store.openBlob(digest);
+  ok(whole && part && unused);
+  equal(whole.size, bytes.length);
+  await t.store.delete("blob", digest);
+  equal(await t.store.openBlob(digest), undefined);
+  assertBody(await readAll(whole.stream()), bytes);
+  assertBody(await readAll(part.stream(1000, 200_000)), bytes.subarray(1000, 200_000));
+  unused.close();
+});
+
+Deno.test("fs store: probeWrite succeeds on a writable store and fails when tmp/ cannot be written", async () => {
+  await using t = await tempStore();
+  await t.store.probeWrite();
+  deepEqual(await tmpEntries(t.dir), [], "the probe file is removed");
+  await Deno.remove(`${t.dir}/tmp`, { recursive: true });
+  await Deno.writeFile(`${t.dir}/tmp`, new Uint8Array());
+  await rejects(t.store.probeWrite());
+});
