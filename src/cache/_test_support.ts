@@ -4,7 +4,7 @@ import { equal } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { Cache } from "./cache.ts";
 import { FsStore } from "./fs_store.ts";
-import type { OpenUpstream } from "./fill.ts";
+import type { OpenUpstream } from "./fills.ts";
 import type { Spool, Store } from "./store.ts";
 
 /** Where a fill test's blob comes from. */

@@ -26,13 +26,8 @@ import {
   within,
 } from "./_test_support.ts";
 import { Eviction } from "./eviction.ts";
-import {
-  type Fill,
-  Fills,
-  MAX_RESUMES,
-  PASS_THROUGH_BUFFER,
-  UNKNOWN_LENGTH_LIMIT,
-} from "./fill.ts";
+import { type Fill, PASS_THROUGH_BUFFER } from "./fill.ts";
+import { Fills, MAX_RESUMES, UNKNOWN_LENGTH_LIMIT } from "./fills.ts";
 import type { Spool } from "./store.ts";
 
 const KiB = 1024;
