@@ -9,6 +9,7 @@ import { Cache } from "./src/cache/cache.ts";
 import { FsStore } from "./src/cache/fs_store.ts";
 import { own, ownerClient, serveOwnerSocket, tryOwn } from "./src/cache/owner.ts";
 import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
+import { healthTarget, probeHealth } from "./src/cli/healthcheck.ts";
 import { prefetch } from "./src/cli/prefetch.ts";
 import { type Config, ConfigError, describeConfig, loadConfig } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
@@ -27,7 +28,7 @@ usage: registry-mirror [serve]                 serve the mirror (the default)
        registry-mirror cache ls|du             list cached tags | show the cache's size
        registry-mirror cache gc [--max-size S] evict least-recently-used objects down to S
        registry-mirror config check            validate; print the effective config, secrets masked
-       registry-mirror healthcheck             exit 0 when the local mirror answers /v2/
+       registry-mirror healthcheck             exit 0 when the local mirror answers /healthz
 
 options: --config FILE (or env MIRROR_CONFIG); without one, nine registries are served
 env: MIRROR_LISTEN, MIRROR_CONFIG, MIRROR_LOG_LEVEL, MIRROR_SHUTDOWN_GRACE, DOCKER_HUB_USERNAME,
@@ -241,20 +242,20 @@ async function serve(config: Config): Promise<number> {
   return 0;
 }
 
-/** Exit 0 when the mirror on this machine answers `GET /v2/`, for a shell-less HEALTHCHECK. */
+/**
+ * Exit 0 when the mirror on this machine answers `GET /healthz` (open with `auth` on; HTTPS with
+ * `tls`), for a shell-less HEALTHCHECK; else say why (Docker keeps it) and exit 1.
+ */
 async function healthcheck(config: Config): Promise<number> {
-  const host = ["0.0.0.0", "::"].includes(config.listen.hostname)
-    ? "127.0.0.1"
-    : config.listen.hostname;
+  const { url } = healthTarget(config);
   try {
-    const response = await fetch(`http://${host}:${config.listen.port}/v2/`, {
-      signal: AbortSignal.timeout(5000),
-    });
-    await response.body?.cancel();
-    return response.ok ? 0 : 1;
-  } catch {
-    return 1;
+    const status = await probeHealth(config);
+    if (status === 200) return 0;
+    console.error(`registry-mirror: healthcheck: GET ${url} answered ${status}`);
+  } catch (e) {
+    console.error(`registry-mirror: healthcheck: GET ${url}: ${(e as Error)?.message ?? e}`);
   }
+  return 1;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

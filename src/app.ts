@@ -40,12 +40,17 @@ export interface ServeInfo {
   remoteAddr?: Deno.Addr;
 }
 
+/** Answered beyond the rate and concurrency limits: what orchestrators and monitoring ask. */
+const PROBES = new Set(["healthz", "readyz", "metrics"]);
 /** Probes answer without credentials: Kubernetes and load balancers cannot send any. */
 const PUBLIC_ENDPOINTS = new Set(["healthz", "readyz"]);
-/** How long a repository found private upstream is not asked again. */
+/**
+ * How long a repository found private upstream is not asked again; also how long a public verdict
+ * stands after upstream could not be asked.
+ */
 const PRIVATE_VERDICT_TTL_MS = 60_000;
-/** Private verdicts kept (names are the clients' choice): ~2 MB; a miss costs one upstream ask. */
-const MAX_PRIVATE_VERDICTS = 10_000;
+/** Verdicts kept (names are the clients' choice): ~2 MB; a dropped one costs one upstream ask. */
+const MAX_VERDICTS = 10_000;
 
 /** Builds the `Request -> Response` function of the mirror. */
 export function createApp(
@@ -58,16 +63,11 @@ export function createApp(
     metrics: deps.metrics,
     startedAt: Date.now(),
   };
-  // ttlResolution 0: read the clock on every check (and start no timer).
-  const privateUntil = new LRUCache<string, number>({
-    max: MAX_PRIVATE_VERDICTS,
-    ttl: PRIVATE_VERDICT_TTL_MS,
-    perf: { now: deps.now ?? Date.now },
-    ttlResolution: 0,
-  });
+  // Expiry is read from each verdict against the injected clock, so the cache needs no TTL.
+  const verdicts = new LRUCache<string, Verdict>({ max: MAX_VERDICTS });
   return async (request, info) => {
     const started = performance.now();
-    const url = new URL(request.url);
+    const url = URL.parse(request.url) ?? new URL("http://invalid/");
     const ns = url.searchParams.get("ns");
     const record: RequestRecord = {
       method: request.method,
@@ -88,16 +88,21 @@ export function createApp(
     let kind = "unknown";
     try {
       const client = info?.remoteAddr?.transport === "tcp" ? info.remoteAddr.hostname : "local";
-      const admitted = deps.limits.admit(request, client);
-      if (admitted instanceof RegistryError) throw admitted;
-      deferred.push(admitted);
+      const oversized = deps.limits.check(request);
+      if (oversized) throw oversized;
       const decided = route(request, deps.config);
-      if (decided instanceof RegistryError) throw decided;
+      // Probes and scrapes answer whatever the load: a busy pod must not be restarted as dead.
+      if (decided instanceof RegistryError || !isProbe(decided)) {
+        const admitted = deps.limits.admit(client);
+        if (admitted instanceof RegistryError) throw admitted;
+        deferred.push(admitted);
+      }
+      if (decided instanceof RegistryError) throw opsMethodError(request, deps.config) ?? decided;
       kind = decided.kind === "ops" ? decided.endpoint : decided.kind;
       describe(decided, record);
       // Who asks, then what for: all before any cache or upstream work.
       if (deps.auth && !PUBLIC_ENDPOINTS.has(kind)) {
-        const who = await deps.auth.authenticate(request);
+        const who = await deps.auth.authenticate(request, client);
         if (who instanceof RegistryError) throw who;
         record.user = who.user;
       }
@@ -106,7 +111,7 @@ export function createApp(
         if (denied) throw denied;
         const credentials = deps.config.registries.get(decided.registry)?.password !== undefined;
         if (!deps.auth && !deps.operator && credentials) {
-          await requirePublic(deps, ctx, decided.registry, decided.name, privateUntil);
+          await requirePublic(deps, ctx, decided.registry, decided.name, verdicts);
         }
       }
       response = decided.kind === "ops"
@@ -115,6 +120,7 @@ export function createApp(
     } catch (e) {
       response = errorResponse(e, request.method, record);
     }
+    originHeaders(response);
     record.status = response.status;
     const length = response.headers.get("content-length");
     const done = () => {
@@ -130,28 +136,57 @@ export function createApp(
   };
 }
 
+/** What the upstream last said of a repository's visibility, and until when it stands. */
+interface Verdict {
+  public: boolean;
+  until: number;
+}
+
+function isProbe(r: Route): boolean {
+  return r.kind === "ops" && PROBES.has(r.endpoint);
+}
+
+/** 405 with Allow for a method other than GET or HEAD on an operator's endpoint, else undefined. */
+function opsMethodError(request: Request, config: Config): RegistryError | undefined {
+  if (request.method === "GET" || request.method === "HEAD") return undefined;
+  const asGet = route(new Request(request.url, { headers: request.headers }), config);
+  if (asGet instanceof RegistryError || asGet.kind !== "ops") return undefined;
+  return new RegistryError(
+    "UNSUPPORTED",
+    `${request.method} is not supported on ${new URL(request.url).pathname}`,
+    { status: 405, headers: { allow: "GET, HEAD" } },
+  );
+}
+
 /**
  * With the mirror's credentials and no client authentication, only what the upstream serves
  * anonymously is served: content of a private repository (from upstream or from the cache) would
- * otherwise reach any client. A public verdict is remembered on disk; a private one for a minute.
+ * otherwise reach any client. A public verdict stands for the tag TTL, a private one for a minute;
+ * then upstream is asked again, so a repository turned private is refused. When upstream cannot
+ * answer (5xx, unreachable), a public verdict stands another minute, as a stale tag is served.
  */
 async function requirePublic(
   deps: AppDeps,
   ctx: HandlerContext,
   registry: string,
   name: string,
-  privateUntil: LRUCache<string, number>,
+  verdicts: LRUCache<string, Verdict>,
 ): Promise<void> {
-  const { cache } = deps;
-  if (await cache.hasLink(registry, name, PUBLIC_MARK)) return;
   const key = `${registry}/${name}`;
-  let isPrivate = (privateUntil.get(key) ?? 0) > ctx.now();
-  if (!isPrivate) {
-    isPrivate = !(await deps.clients.get(registry)!.isPublic(name));
-    if (isPrivate) privateUntil.set(key, ctx.now() + PRIVATE_VERDICT_TTL_MS);
-    else await cache.addLink(registry, name, PUBLIC_MARK);
+  const now = ctx.now();
+  let verdict = verdicts.get(key);
+  if (verdict === undefined || now >= verdict.until) {
+    try {
+      const isPublic = await deps.clients.get(registry)!.isPublic(name);
+      const ttl = isPublic ? deps.config.cache.tagTtlMs : PRIVATE_VERDICT_TTL_MS;
+      verdict = { public: isPublic, until: now + ttl };
+    } catch (e) {
+      if (!verdict?.public || !(e instanceof RegistryError) || e.status < 500) throw e;
+      verdict = { public: true, until: now + PRIVATE_VERDICT_TTL_MS };
+    }
+    verdicts.set(key, verdict);
   }
-  if (isPrivate) {
+  if (!verdict.public) {
     throw new RegistryError(
       "UNAUTHORIZED",
       `${key} is private upstream: it is served only to authenticated clients ` +
@@ -159,9 +194,6 @@ async function requirePublic(
     );
   }
 }
-
-/** The marker, among a repository's links, that it is readable anonymously upstream. */
-const PUBLIC_MARK = "visibility:public";
 
 function dispatch(r: Route, request: Request, ctx: HandlerContext): Promise<Response> | Response {
   switch (r.kind) {
@@ -199,6 +231,14 @@ function count(metrics: MirrorMetrics, kind: string, record: RequestRecord): voi
     const image = `${record.registry}/${record.repository}:${reference}`;
     metrics.pulls.set(image, (metrics.pulls.get(image) ?? 0) + 1);
   }
+}
+
+/**
+ * Headers every response from the mirror's origin carries, whatever produced it (errors too): no
+ * browser may sniff a type, e.g. render upstream bytes as HTML beside the dashboard's credentials.
+ */
+function originHeaders(response: Response): void {
+  response.headers.set("x-content-type-options", "nosniff");
 }
 
 function errorResponse(e: unknown, method: string, record: RequestRecord): Response {

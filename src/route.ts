@@ -50,7 +50,20 @@ const MAX_PAGE_SIZE = 999_999;
  * `/<registry-or-alias>/v2/...` names the registry by its first segment. PURE: no I/O, no clock.
  */
 export function route(request: Request, config: Config): Route | RegistryError {
-  const url = new URL(request.url);
+  // Deno.serve builds request.url as "http://" + Host + target: a Host such as `x/healthz?` would
+  // become the path. The raw target is not exposed, so any other Host is refused before routing.
+  const host = request.headers.get("host");
+  if (host && !isValidHost(host)) {
+    return new RegistryError("UNSUPPORTED", `invalid Host header "${host}": expected host[:port]`, {
+      status: 400,
+    });
+  }
+  const url = URL.parse(request.url);
+  if (url === null) {
+    return new RegistryError("UNSUPPORTED", `invalid request URL "${request.url}"`, {
+      status: 400,
+    });
+  }
   const endpoint = OPS_PATHS[url.pathname];
   if (endpoint && (request.method === "GET" || request.method === "HEAD")) {
     return { kind: "ops", endpoint };
@@ -72,7 +85,7 @@ export function route(request: Request, config: Config): Route | RegistryError {
     ? lookup(config, ns, `unknown registry "${ns}" in ns=`)
     : prefix !== undefined
     ? lookup(config, prefix, `unknown registry "${prefix}" in path prefix`)
-    : hostRegistry(request, config);
+    : hostRegistry(request.headers.get("host") || url.host, config);
   if (explicit instanceof RegistryError) return explicit;
   if (rest === "") return { kind: "base" };
 
@@ -162,6 +175,19 @@ export function route(request: Request, config: Config): Route | RegistryError {
   }
 }
 
+/** RFC 3986 `host [":" port]`: a reg-name (unreserved, sub-delims, %XX), IPv4 or [IPv6]. */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|(?:[\w.~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::(\d{1,5}))?$/;
+
+/**
+ * True when a Host header value is `host[:port]` and the URL parser reads it as a host: nothing in
+ * it (`/`, `?`, `#`, `@`, a backslash, a space) can end the authority and reach the path.
+ */
+export function isValidHost(value: string): boolean {
+  const m = HOST.exec(value);
+  if (m === null || (m[1] !== undefined && Number(m[1]) > 65535)) return false;
+  return URL.parse(`http://${value}/`)?.pathname === "/";
+}
+
 /** The trailing segments naming the operation: `manifests/<ref>`, `blobs/<digest>`, ... */
 function operation(segments: string[]): string[] | RegistryError {
   const upload = uploadSession(segments);
@@ -199,8 +225,11 @@ function lookup(config: Config, key: string, message: string): string | Registry
   return config.aliases.get(key) ?? new RegistryError("NAME_UNKNOWN", message);
 }
 
-/** The registry mapped to the Host header in `hosts`, written with or without the port. */
-function hostRegistry(request: Request, config: Config): string | undefined {
-  const host = (request.headers.get("host") ?? "").toLowerCase();
+/**
+ * The registry mapped in `hosts` to the Host header, or over HTTP/2 (no Host header) to the
+ * `:authority` that request.url is built from, written with or without the port.
+ */
+function hostRegistry(authority: string, config: Config): string | undefined {
+  const host = authority.toLowerCase();
   return config.hosts.get(host) ?? config.hosts.get(host.replace(/:\d+$/, ""));
 }

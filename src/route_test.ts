@@ -1,7 +1,7 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { buildConfig } from "./config.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { type Route, route } from "./route.ts";
+import { isValidHost, type Route, route } from "./route.ts";
 
 const config = buildConfig({
   registries: { "docker.io": { aliases: ["docker", "hub"] } },
@@ -448,4 +448,84 @@ Deno.test("route: a removed Docker Hub makes default routing a clear 404", () =>
   const got = route(new Request("http://m/v2/library/ubuntu/manifests/latest"), noHub);
   ok(got instanceof RegistryError && got.code === "NAME_UNKNOWN");
   match(got.message, /docker\.io/);
+});
+
+/** Routes a request as Deno.serve builds it: `request.url` is "http://" + Host + target. */
+function served(host: string, target: string) {
+  return route(new Request(`http://${host}${target}`, { headers: { host } }), config);
+}
+
+Deno.test("isValidHost: host[:port] as RFC 3986 writes it, and nothing the URL parser reads otherwise", () => {
+  const valid = [
+    "mirror.test",
+    "MIRROR.test:8080",
+    "127.0.0.1:5000",
+    "[::1]",
+    "[::1]:8443",
+    "[2001:db8::7]:1",
+    "localhost:65535",
+    "my_host-1.example",
+    "a%41b",
+  ];
+  for (const host of valid) ok(isValidHost(host), host);
+  const invalid = [
+    "x/healthz?",
+    "h/quay",
+    "x?a",
+    "x#",
+    "user@x",
+    "x\\healthz",
+    "x y",
+    "x:y",
+    "x:",
+    ":80",
+    "x:65536",
+    "x:123456",
+    "[::1",
+    "::1",
+    "[v1.x]",
+    "[::1%25eth0]",
+    "a%2Fb",
+    "a%zz",
+    "1.2.3.999",
+    "xn--a",
+    "x\t",
+  ];
+  for (const host of invalid) equal(isValidHost(host), false, host);
+});
+
+Deno.test("route: a Host that is not host[:port] is 400 and never becomes the path", () => {
+  for (
+    const [host, target] of [
+      ["x/healthz?", "/v2/"],
+      ["x/healthz?", "/v2/library/ubuntu/manifests/latest"],
+      ["h/quay", "/v2/prometheus/prometheus/manifests/latest"],
+      ["h/api/stats#", "/v2/"],
+      ["u@h", "/v2/"],
+    ]
+  ) {
+    const got = served(host, target);
+    ok(got instanceof RegistryError, `${host} ${target} was routed: ${JSON.stringify(got)}`);
+    deepEqual([got.status, got.code], [400, "UNSUPPORTED"], host);
+    match(got.message, /invalid Host header/);
+  }
+  // An unparseable Host (a space, a bad port) is refused the same way, not thrown.
+  const spaced = route(
+    new Request("http://m/v2/", { headers: { host: "x y" } }),
+    config,
+  );
+  ok(spaced instanceof RegistryError && spaced.status === 400);
+  // Valid hosts route on the real target.
+  equal((served("127.0.0.1:8080", "/v2/") as Route).kind, "base");
+  equal((served("[::1]:8080", "/healthz") as Route).kind, "ops");
+  const hosted = served("quay.mirror.example.com:5000", "/v2/org/img/manifests/1");
+  ok(!(hosted instanceof RegistryError) && hosted.kind === "manifest");
+  equal(hosted.registry, "quay.io");
+});
+
+Deno.test("route: over HTTP/2 (no Host header) hosts maps the :authority in request.url", () => {
+  const url = "https://quay.mirror.example.com:8443/v2/org/img/manifests/1";
+  const got = route(new Request(url), config);
+  ok(!(got instanceof RegistryError) && got.kind === "manifest");
+  deepEqual([got.registry, got.name], ["quay.io", "org/img"]);
 });

@@ -1,13 +1,8 @@
 // The dashboard: one self-contained page (no external assets) that polls /api/stats.
 
-/** The page served at `/`. */
-export const DASHBOARD_HTML = `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>registry-mirror</title>
-<style>
+import { createHash } from "node:crypto";
+
+const STYLE = `
   :root { font-family: system-ui, sans-serif; color: #1d2430; background: #f5f6f8; }
   body { margin: 0; padding: 24px; }
   h1 { font-size: 20px; margin: 0 0 16px; }
@@ -25,28 +20,9 @@ export const DASHBOARD_HTML = `<!doctype html>
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   .muted { color: #8a93a1; font-size: 12px; }
   .error { color: #b3261e; }
-</style>
-</head>
-<body>
-<h1>registry-mirror <span class="muted" id="updated">loading…</span></h1>
-<div class="cards">
-  <div class="card"><div class="label">Cache hit ratio</div><div class="value" id="hit-ratio">–</div></div>
-  <div class="card"><div class="label">Bytes served from cache</div><div class="value" id="bytes-saved">–</div></div>
-  <div class="card"><div class="label">Requests</div><div class="value" id="requests">–</div></div>
-  <div class="card"><div class="label">Cache use</div><div class="value" id="cache-used">–</div>
-    <div class="muted" id="cache-max"></div><div class="bar"><div id="cache-bar"></div></div></div>
-  <div class="card"><div class="label">Objects / fills in flight</div><div class="value" id="objects">–</div></div>
-</div>
-<h2>Registries</h2>
-<table><thead><tr><th>registry</th><th class="num">upstream requests</th><th class="num">errors</th>
-<th class="num">from upstream</th><th class="num">from cache</th><th class="num">rate limit left</th></tr></thead>
-<tbody id="registries"></tbody></table>
-<h2>Most pulled images</h2>
-<table><thead><tr><th>image</th><th class="num">pulls</th></tr></thead><tbody id="top-images"></tbody></table>
-<h2>Recent upstream errors</h2>
-<table><thead><tr><th>time</th><th>registry</th><th class="num">status</th><th>message</th></tr></thead>
-<tbody id="errors"></tbody></table>
-<script>
+`;
+
+const SCRIPT = `
 "use strict";
 const units = ["B", "KiB", "MiB", "GiB", "TiB"];
 function bytes(n) {
@@ -102,7 +78,56 @@ async function refresh() {
 }
 refresh();
 setInterval(refresh, 2000);
-</script>
+`;
+
+/** The page served at `/`. */
+export const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>registry-mirror</title>
+<style>${STYLE}</style>
+</head>
+<body>
+<h1>registry-mirror <span class="muted" id="updated">loading…</span></h1>
+<div class="cards">
+  <div class="card"><div class="label">Cache hit ratio</div><div class="value" id="hit-ratio">–</div></div>
+  <div class="card"><div class="label">Bytes served from cache</div><div class="value" id="bytes-saved">–</div></div>
+  <div class="card"><div class="label">Requests</div><div class="value" id="requests">–</div></div>
+  <div class="card"><div class="label">Cache use</div><div class="value" id="cache-used">–</div>
+    <div class="muted" id="cache-max"></div><div class="bar"><div id="cache-bar"></div></div></div>
+  <div class="card"><div class="label">Objects / fills in flight</div><div class="value" id="objects">–</div></div>
+</div>
+<h2>Registries</h2>
+<table><thead><tr><th>registry</th><th class="num">upstream requests</th><th class="num">errors</th>
+<th class="num">from upstream</th><th class="num">from cache</th><th class="num">rate limit left</th></tr></thead>
+<tbody id="registries"></tbody></table>
+<h2>Most pulled images</h2>
+<table><thead><tr><th>image</th><th class="num">pulls</th></tr></thead><tbody id="top-images"></tbody></table>
+<h2>Recent upstream errors</h2>
+<table><thead><tr><th>time</th><th>registry</th><th class="num">status</th><th>message</th></tr></thead>
+<tbody id="errors"></tbody></table>
+<script>${SCRIPT}</script>
 </body>
 </html>
 `;
+
+/** CSP source for an inline block: its SHA-256, so no other inline script or style can run. */
+function hashSource(text: string): string {
+  return `'sha256-${createHash("sha256").update(text).digest("base64")}'`;
+}
+
+/**
+ * The page's Content-Security-Policy: its own inline script and style only, requests to this
+ * origin only, and no framing, forms or base URL.
+ */
+export const DASHBOARD_CSP = [
+  "default-src 'none'",
+  `script-src ${hashSource(SCRIPT)}`,
+  `style-src ${hashSource(STYLE)}`,
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");

@@ -43,7 +43,7 @@ export async function handleTags(
   if (response.status !== 200) throw await upstreamError(response, route.registry, "repository");
   const link = response.headers.get("link") ?? undefined;
   if (route.n === undefined || request.method === "HEAD") {
-    const headers = passHeaders(response, ["content-type", "content-length"]);
+    const headers = passHeaders(response, ["content-length"], "application/json");
     if (link && route.n !== 0) headers.set("link", clientLink(link, route));
     return new Response(response.body, { headers });
   }
@@ -114,6 +114,9 @@ function clientLink(link: string, route: Pick<TagsRoute, "name" | "clientPath" |
   return rewriteLink(link, route.name, route.clientPath, route.ns);
 }
 
+/** What a referrers list is (OCI distribution-spec), whatever the upstream calls it. */
+const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
+
 /** `GET /v2/<name>/referrers/<digest>`: passed through (a 404 tells clients to use tag schema). */
 export async function handleReferrers(
   route: Extract<Route, { kind: "referrers" }>,
@@ -126,17 +129,21 @@ export async function handleReferrers(
     method: request.method === "HEAD" ? "HEAD" : "GET",
     path: `/v2/${route.name}/referrers/${route.digest}`,
     query,
-    headers: { ...forwardedHeaders(request), accept: "application/vnd.oci.image.index.v1+json" },
+    headers: { ...forwardedHeaders(request), accept: OCI_INDEX },
     scope: pullScope(route.name),
   }, ctx.record);
   ctx.record.upstreamStatus = response.status;
   if (response.status !== 200) throw await upstreamError(response, route.registry, "manifest");
-  const headers = passHeaders(response, ["content-type", "content-length", "oci-filters-applied"]);
+  const headers = passHeaders(response, ["content-length", "oci-filters-applied"], OCI_INDEX);
   return new Response(response.body, { headers });
 }
 
-function passHeaders(response: Response, names: string[]): Headers {
-  const headers = registryHeaders({});
+/**
+ * The response headers: `names` copied from upstream, and our own Content-Type: an upstream's would
+ * be served from the mirror's origin (the dashboard's, holding the browser's credentials).
+ */
+function passHeaders(response: Response, names: string[], contentType: string): Headers {
+  const headers = registryHeaders({ "content-type": contentType });
   for (const name of names) {
     const value = response.headers.get(name);
     if (value !== null) headers.set(name, value);

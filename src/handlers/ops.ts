@@ -4,7 +4,7 @@ import type { Cache } from "../cache/cache.ts";
 import type { Config } from "../config.ts";
 import type { MirrorMetrics } from "../metrics.ts";
 import type { OpsEndpoint } from "../route.ts";
-import { DASHBOARD_HTML } from "./dashboard_page.ts";
+import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard_page.ts";
 
 /** What the operator's endpoints read. */
 export interface OpsContext {
@@ -37,8 +37,7 @@ export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise
       return new Response(DASHBOARD_HTML, {
         headers: {
           "content-type": "text/html; charset=utf-8",
-          "content-security-policy":
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+          "content-security-policy": DASHBOARD_CSP,
         },
       });
   }
