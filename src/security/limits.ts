@@ -9,15 +9,21 @@ const IDLE_CLIENT_MS = 60_000;
 /** Clients remembered (IPv6 gives one client countless addresses): ~10 MB, far above real use. */
 const MAX_CLIENTS = 50_000;
 
-/** Admits or refuses each request, with a clear error for each limit. */
+/** The settings the request limits read (the rest of `limits` is the connections'). */
+export type RequestLimits = Pick<
+  Config["limits"],
+  "maxHeaderBytes" | "maxUrlLength" | "maxConcurrentRequests" | "clientRate"
+>;
+
+/** Refuses oversized requests, and admits the rest within the rate and concurrency limits. */
 export class Limits {
-  readonly #settings: Config["limits"];
+  readonly #settings: RequestLimits;
   readonly #now: () => number;
   /** A forgotten client starts with a full burst, as it would after a minute idle. */
   readonly #buckets: LRUCache<string, { tokens: number; at: number }>;
   #inFlight = 0;
 
-  constructor(settings: Config["limits"], now: () => number = Date.now) {
+  constructor(settings: RequestLimits, now: () => number = Date.now) {
     this.#settings = settings;
     this.#now = now;
     // ttlResolution 0: read the injected clock on every check (and start no timer).
@@ -29,9 +35,17 @@ export class Limits {
     });
   }
 
-  /** A release function to call when the response is done, or the error to answer. */
-  admit(request: Request, client: string): (() => void) | RegistryError {
-    const { maxUrlLength, maxHeaderBytes, maxConcurrentRequests } = this.#settings;
+  /** Requests admitted whose responses are not yet done. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /**
+   * The error for a URL or request head over its limit, else undefined. Checked on every request,
+   * probes included: it costs no resource to answer.
+   */
+  check(request: Request): RegistryError | undefined {
+    const { maxUrlLength, maxHeaderBytes } = this.#settings;
     if (request.url.length > maxUrlLength) {
       return new RegistryError("UNSUPPORTED", `URL longer than ${maxUrlLength} bytes`, {
         status: 414,
@@ -43,11 +57,17 @@ export class Limits {
       return new RegistryError(
         "UNSUPPORTED",
         `request headers larger than ${maxHeaderBytes} bytes`,
-        {
-          status: 431,
-        },
+        { status: 431 },
       );
     }
+  }
+
+  /**
+   * Takes a slot among the requests in flight and a token of the client's rate: a release function
+   * to call when the response is done, or the error to answer.
+   */
+  admit(client: string): (() => void) | RegistryError {
+    const { maxConcurrentRequests } = this.#settings;
     if (this.#settings.clientRate > 0 && !this.#take(client)) {
       return new RegistryError(
         "TOOMANYREQUESTS",
