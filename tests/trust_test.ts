@@ -1,7 +1,8 @@
 // End to end: trust between registries. Private content cached from a real Distribution (quay.io,
-// token auth) never reaches a hostile upstream (ghcr.io) that claims to hold every digest; a tag it
-// points at that content is not resolved from the cache; its dripped blob never stalls quay.io's
-// clients of the same digest; and within quay.io a repository confirmed by HEAD is still served.
+// token auth) never reaches a hostile upstream (ghcr.io) that claims to hold every digest; a tag or
+// an index of its own that points at that content is not resolved from the cache; its dripped blob
+// never stalls quay.io's clients of the same digest, nor evicts quay.io's content on a claimed
+// Content-Length; and within quay.io a repository confirmed by HEAD is still served.
 
 import { deepEqual, equal, fail, ok } from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -13,6 +14,7 @@ import { startRegistry } from "./fixtures/registry.ts";
 import { pushBlob, pushImage, pushLargeBlobImage, sha256 } from "./fixtures/seed.ts";
 import { startTokenServer } from "./fixtures/token_server.ts";
 import { skipUnless } from "./fixtures/tools.ts";
+import { waitFor } from "./fixtures/wait.ts";
 
 const SERVICE = "quay.test";
 const QUAY_USER = { username: "puller", password: `pw-${crypto.randomUUID()}` };
@@ -20,6 +22,8 @@ const QUAY_USER = { username: "puller", password: `pw-${crypto.randomUUID()}` };
 const CLIENT_TOKEN = `client-${crypto.randomUUID()}`;
 /** How long the quay.io client may take for a 4 MiB blob while ghcr.io drips the same digest. */
 const OWN_FILL_BOUND_MS = 20_000;
+/** The small cache of the claimed-size test, quay.io's blob in it, and ghcr.io's claimed size. */
+const SMALL_CACHE = { maxSize: "10MiB", quayBlob: 4 << 20, claimed: 7 << 20 };
 
 async function digestOf(body: ReadableStream<Uint8Array>): Promise<string> {
   const hash = createHash("sha256");
@@ -84,8 +88,11 @@ Deno.test({
       });
       const D = drip.blob.digest;
 
+      // ghcr.io's own index names the private manifest as its linux/amd64 child.
+      const child = { mediaType: secret.mediaType, digest: secret.digest, size: secret.size };
       const hostile = startHostileUpstream({
         tags: { "evil/tag:1": secret.digest },
+        indexes: { "evil/index:head-first": child, "evil/index:get-first": child },
         drips: [D],
       });
       cleanup.push(() => hostile.stop());
@@ -174,6 +181,41 @@ Deno.test({
         },
       );
 
+      await t.step(
+        "a ghcr.io index naming the private manifest as its child does not serve it",
+        async () => {
+          // The client takes image manifests only: the mirror picks the index's child for it.
+          const accept = { accept: secret.mediaType };
+          const head = await get("ghcr.io/evil/index/manifests/head-first", {
+            method: "HEAD",
+            headers: accept,
+          });
+          await head.body?.cancel();
+          // A HEAD may answer from the index's descriptor: it says only what ghcr.io's index says.
+          same(
+            [head.status, head.headers.get("docker-content-digest")],
+            [200, secret.digest],
+            "HEAD: the index's linux/amd64 child",
+          );
+          equal(head.headers.get("content-length"), String(child.size));
+          const childGets = () =>
+            hostile.requests.filter((r) =>
+              r.method === "GET" && r.path === `/v2/evil/index/${manifest}`
+            ).length;
+          for (const tag of ["head-first", "get-first"]) {
+            const before = childGets();
+            const byTag = await get(`ghcr.io/evil/index/manifests/${tag}`, { headers: accept });
+            const named = byTag.headers.get("docker-content-digest");
+            same(
+              [...await errorOf(byTag), named],
+              [404, "MANIFEST_UNKNOWN", null],
+              `GET of ${tag}: the private manifest is not served`,
+            );
+            ok(childGets() > before, `the child was fetched from ghcr.io for ${tag}`);
+          }
+        },
+      );
+
       await t.step("a fill of ghcr.io is never joined by a client of quay.io", async () => {
         const dripping = await get(`ghcr.io/evil/app/blobs/${D}`);
         equal(dripping.status, 200, "ghcr.io's drip is served as it comes");
@@ -216,6 +258,68 @@ Deno.test({
           same(await errorOf(none), [404, "BLOB_UNKNOWN"], "a repository without it");
         },
       );
+    } finally {
+      await runCleanup(cleanup);
+    }
+  },
+});
+
+Deno.test({
+  name: "trust: a claimed Content-Length evicts no other registry's content ahead of its bytes",
+  ...skipUnless(["docker-registry"]),
+  async fn() {
+    const cleanup: (() => unknown)[] = [];
+    const dir = await Deno.makeTempDir({ prefix: "trust_test_size_" });
+    cleanup.push(() => Deno.remove(dir, { recursive: true }));
+    try {
+      const registry = await startRegistry({ dir: `${dir}/quay` });
+      cleanup.push(() => registry.stop());
+      const big = await pushLargeBlobImage(registry.url, "org/big", "1", SMALL_CACHE.quayBlob, {
+        dir,
+      });
+      const B = big.blob.digest;
+      // Any digest of ghcr.io's choice: it never sends the bytes, only claims their size.
+      const claimed = sha256(crypto.getRandomValues(new Uint8Array(32)));
+      const hostile = startHostileUpstream({ drips: [claimed], dripSize: SMALL_CACHE.claimed });
+      cleanup.push(() => hostile.stop());
+      const mirror = await startMirror(dir, {
+        registries: {
+          "quay.io": { upstream: registry.url },
+          "ghcr.io": { upstream: hostile.url },
+        },
+        cache: { dir: `${dir}/cache`, maxSize: SMALL_CACHE.maxSize },
+      });
+      cleanup.push(() => mirror.stop());
+      const get = (path: string) => fetch(`${mirror.url}/v2/${path}`);
+      const evictions = async () =>
+        (await (await fetch(`${mirror.url}/api/stats`)).json()).cache.evictions;
+      const blobFile = `${dir}/cache/blobs/sha256/${B.slice(7)}`;
+
+      const first = await get(`quay.io/org/big/blobs/${B}`);
+      same(await summary(first), [200, "MISS", B], "quay.io's blob, filled");
+      await waitFor("quay.io's blob committed to the cache", () => Deno.stat(blobFile));
+
+      const dripping = await get(`ghcr.io/evil/x/blobs/${claimed}`);
+      same(
+        [dripping.status, dripping.headers.get("content-length")],
+        [200, String(SMALL_CACHE.claimed)],
+        "ghcr.io's drip, served with its claimed length",
+      );
+      const reader = dripping.body!.getReader();
+      try {
+        // The fill reserved room (a step, a 16th of maxSize, ahead of its writes) and any eviction
+        // for it began when it started, a whole drip interval before this first byte.
+        ok(((await reader.read()).value?.length ?? 0) > 0, "the drip has begun");
+        equal(await evictions(), 0, `${SMALL_CACHE.claimed} bytes claimed, none sent: no eviction`);
+        const kept = await Deno.stat(blobFile).then(() => true, () => false);
+        ok(kept, "quay.io's blob is still on disk");
+      } finally {
+        await reader.cancel();
+      }
+      hostile.stopDrips();
+      const again = await get(`quay.io/org/big/blobs/${B}`);
+      same(await summary(again), [200, "HIT", B], "quay.io's blob stays cached");
+      equal(await evictions(), 0, "nothing was evicted");
     } finally {
       await runCleanup(cleanup);
     }
