@@ -305,6 +305,8 @@ function watchIdle(
   const reader = response.body.getReader();
   let waitingSince = 0;
   let bytes = 0;
+  /** Rejects the read in progress: an aborted fetch does not always error its body. */
+  let idle: ((reason: unknown) => void) | undefined;
   const end = () => {
     clearInterval(timer);
     onEnd(bytes);
@@ -312,7 +314,9 @@ function watchIdle(
   };
   const timer = setInterval(() => {
     if (waitingSince && Date.now() - waitingSince > idleMs) {
-      controller.abort(new DOMException(`upstream idle for ${idleMs} ms`, "TimeoutError"));
+      const reason = new DOMException(`upstream idle for ${idleMs} ms`, "TimeoutError");
+      controller.abort(reason);
+      idle?.(reason);
     }
   }, Math.max(10, Math.min(1000, idleMs / 4)));
   Deno.unrefTimer(timer);
@@ -320,7 +324,10 @@ function watchIdle(
     async pull(out) {
       waitingSince = Date.now();
       try {
-        const { done, value } = await reader.read();
+        const { done, value } = await Promise.race([
+          reader.read(),
+          new Promise<never>((_, reject) => idle = reject),
+        ]);
         waitingSince = 0;
         if (done) {
           end();
@@ -332,6 +339,7 @@ function watchIdle(
         out.enqueue(value);
       } catch (e) {
         end();
+        reader.cancel(e).catch(() => {});
         progress.error = String((e as Error)?.message ?? e);
         out.error(e);
       }
