@@ -30,10 +30,13 @@ Deno.test("upstream client: an idle body errors after idleTimeout even if the ab
   const response = await client.request({ method: "GET", path: "/v2/a/blobs/x" }, progress);
   const reader = response.body!.getReader();
   equal((await reader.read()).value?.length, 1024);
+  // The idle timer is unref'd (a server keeps the process alive): keep the test's loop alive.
+  const alive = setTimeout(() => {}, 10_000);
   await rejects(reader.read(), (e: Error) => {
     match(e.message, /upstream idle for 50 ms/);
     return true;
   });
+  clearTimeout(alive);
   match(String(cancelled), /idle/, "the upstream body is cancelled");
   equal(progress.upstreamBytes, 1024);
 });
