@@ -78,7 +78,7 @@ Deno.test({
     const k8s = await startRegistry({ dir: `${dir}/k8s` });
     const mirror = await startMirror(dir, {
       registries: {
-        "docker.io": { upstream: hub.url, ...HUB_USER },
+        "docker.io": { upstream: hub.url, ...HUB_USER, authRealms: ["127.0.0.1"] },
         // Same upstream without credentials: private repositories must stay private.
         "ghcr.io": { upstream: hub.url },
         "quay.io": { upstream: quay.url },
@@ -224,7 +224,9 @@ Deno.test({
             `alice:${bcrypt.hashSync("wonderland", 4)}\n`,
           );
           const guarded = await startMirror(`${dir}/guarded`, {
-            registries: { "docker.io": { upstream: hub.url, ...HUB_USER } },
+            registries: {
+              "docker.io": { upstream: hub.url, ...HUB_USER, authRealms: ["127.0.0.1"] },
+            },
             auth: { htpasswd: `${dir}/htpasswd` },
           });
           try {

@@ -98,7 +98,7 @@ Deno.test({
       cleanup.push(() => hostile.stop());
       const mirror = await startMirror(dir, {
         registries: {
-          "quay.io": { upstream: quay.url, ...QUAY_USER },
+          "quay.io": { upstream: quay.url, ...QUAY_USER, authRealms: ["127.0.0.1"] },
           "ghcr.io": { upstream: hostile.url },
         },
         auth: { tokens: [CLIENT_TOKEN] },

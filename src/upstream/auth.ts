@@ -2,7 +2,9 @@
 
 import { LRUCache } from "lru-cache";
 import { getDomain } from "tldts";
+import { readLimited } from "../body.ts";
 import type { RegistryConfig } from "../config.ts";
+import { log } from "../log.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type Challenge, parseChallenges } from "./challenge.ts";
 
@@ -12,6 +14,12 @@ const DEFAULT_EXPIRES_IN_S = 60;
 const TOKEN_TIMEOUT_MS = 30_000;
 /** Tokens kept per upstream (one per repository scope): JWTs of 1-4 KB, so at most ~4 MB. */
 const MAX_TOKENS = 1_000;
+/** Largest token response read (Docker Hub's are ~4 KB). */
+const MAX_TOKEN_BODY = 1024 * 1024;
+/** Redirects a token request may follow. */
+const MAX_TOKEN_REDIRECTS = 3;
+/** Untrusted realms warned about once each (the upstream names them, so they are bounded). */
+const MAX_WARNED_REALMS = 100;
 
 interface CachedToken {
   authorization: string;
@@ -20,11 +28,14 @@ interface CachedToken {
 
 /** What UpstreamAuth needs from outside: fetch and a clock, so tests can pass their own. */
 export interface AuthDeps {
-  fetch: typeof fetch;
+  /**
+   * Fetches a token realm, then each redirect it leads to (the init asks for manual redirects).
+   * The mirror passes its address guard here: it refuses (throws) a URL that leads somewhere
+   * internal and dials the address it checked.
+   */
+  fetch: (url: URL, init: RequestInit) => Promise<Response>;
   now: () => number;
   userAgent: string;
-  /** Refuses (throws) a token realm that leads somewhere it must not. */
-  checkRealm?: (realm: URL) => Promise<void>;
 }
 
 /**
@@ -42,6 +53,7 @@ export class UpstreamAuth {
   #basic = false;
   /** Token fetches made (for tests and metrics). */
   tokenFetches = 0;
+  readonly #warned = new Set<string>();
 
   constructor(registry: RegistryConfig, deps: AuthDeps) {
     this.#registry = registry;
@@ -79,14 +91,21 @@ export class UpstreamAuth {
     return undefined;
   }
 
-  /** True when the configured credentials may be sent to `realm`. */
+  /**
+   * True when the configured credentials may be sent to `realm`: never over http from an https
+   * upstream; then the upstream's own origin (scheme, host and port), a host in `authRealms`, or
+   * a host of the upstream's registrable domain.
+   */
   trusts(realm: URL): boolean {
-    const upstream = this.#registry.upstream.hostname;
-    if (realm.hostname === upstream || this.#registry.authRealms.includes(realm.hostname)) {
+    const upstream = this.#registry.upstream;
+    if (upstream.protocol === "https:" && realm.protocol !== "https:") return false;
+    if (realm.protocol !== "https:" && realm.protocol !== "http:") return false;
+    if (realm.origin === upstream.origin || this.#registry.authRealms.includes(realm.hostname)) {
       return true;
     }
     // Private suffixes count (github.io, s3.amazonaws.com): their subdomains are different owners.
-    const domain = getDomain(upstream, { allowPrivateDomains: true });
+    // An IP address or a single label has no registrable domain: only its own origin is trusted.
+    const domain = getDomain(upstream.hostname, { allowPrivateDomains: true });
     return domain !== null && domain === getDomain(realm.hostname, { allowPrivateDomains: true });
   }
 
@@ -128,28 +147,10 @@ export class UpstreamAuth {
         status: 502,
       });
     }
-    await this.#deps.checkRealm?.(realm);
     if (service) realm.searchParams.set("service", service);
     for (const s of scope.split(" ").filter(Boolean)) realm.searchParams.append("scope", s);
-    const headers = new Headers({ "user-agent": this.#deps.userAgent, accept: "application/json" });
-    const password = this.#registry.password;
-    if (password !== undefined && this.trusts(realm)) {
-      headers.set("authorization", this.#basicValue());
-    }
     this.tokenFetches++;
-    let response: Response;
-    try {
-      response = await this.#deps.fetch(realm, {
-        headers,
-        signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS),
-      });
-    } catch (e) {
-      throw new RegistryError(
-        "UNAVAILABLE",
-        `token server of ${name} (${realm.origin}) unreachable: ${(e as Error).message}`,
-        { status: 502, cause: e },
-      );
-    }
+    const response = await this.#requestToken(realm);
     if (!response.ok) {
       await response.body?.cancel();
       const denied = response.status === 401 || response.status === 403;
@@ -162,9 +163,19 @@ export class UpstreamAuth {
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
-      body = await response.json();
+      const bytes = await readLimited(response.body, MAX_TOKEN_BODY);
+      if (!bytes) {
+        throw new RegistryError(
+          "UNAVAILABLE",
+          `token server of ${name} (${realm.origin}) sent more than ${MAX_TOKEN_BODY} bytes`,
+          { status: 502 },
+        );
+      }
+      body = JSON.parse(new TextDecoder().decode(bytes));
     } catch (e) {
-      throw new RegistryError("UNAVAILABLE", `token server of ${name} sent invalid JSON`, {
+      if (e instanceof RegistryError) throw e;
+      const why = (e as Error)?.name === "TimeoutError" ? "timed out" : "sent invalid JSON";
+      throw new RegistryError("UNAVAILABLE", `token server of ${name} ${why}`, {
         status: 502,
         cause: e,
       });
@@ -184,6 +195,62 @@ export class UpstreamAuth {
       : DEFAULT_EXPIRES_IN_S;
     // Renew at 90% of the lifetime, so a token never expires on its way upstream.
     return { authorization: `Bearer ${token}`, expiresAt: this.#deps.now() + expiresIn * 900 };
+  }
+
+  /**
+   * GETs the realm, following its redirects by hand: each hop through deps.fetch (the address
+   * guard), credentials only to the realm itself and only when it is trusted.
+   */
+  async #requestToken(realm: URL): Promise<Response> {
+    const name = this.#registry.name;
+    const signal = AbortSignal.timeout(TOKEN_TIMEOUT_MS);
+    let url = realm;
+    for (let hop = 0;; hop++) {
+      const headers = new Headers({
+        "user-agent": this.#deps.userAgent,
+        accept: "application/json",
+      });
+      if (hop === 0 && this.#registry.password !== undefined) {
+        if (this.trusts(realm)) headers.set("authorization", this.#basicValue());
+        else this.#warnUntrusted(realm);
+      }
+      let response: Response;
+      try {
+        response = await this.#deps.fetch(url, { headers, signal, redirect: "manual" });
+      } catch (e) {
+        if (e instanceof RegistryError) throw e;
+        throw new RegistryError(
+          "UNAVAILABLE",
+          `token server of ${name} (${url.origin}) unreachable: ${(e as Error).message}`,
+          { status: 502, cause: e },
+        );
+      }
+      const location = response.headers.get("location");
+      if (response.status < 300 || response.status >= 400 || location === null) return response;
+      await response.body?.cancel();
+      if (hop >= MAX_TOKEN_REDIRECTS) {
+        throw new RegistryError("UNAVAILABLE", `token server of ${name}: too many redirects`, {
+          status: 502,
+        });
+      }
+      try {
+        url = new URL(location, url);
+      } catch {
+        throw new RegistryError("UNAVAILABLE", `token server of ${name} sent an invalid redirect`, {
+          status: 502,
+        });
+      }
+    }
+  }
+
+  #warnUntrusted(realm: URL): void {
+    if (this.#warned.has(realm.origin) || this.#warned.size >= MAX_WARNED_REALMS) return;
+    this.#warned.add(realm.origin);
+    log.warn(
+      "not sending the credentials of {registry} to token realm {realm}: not the upstream's " +
+        "origin, registrable domain or authRealms, or http from an https upstream",
+      { registry: this.#registry.name, realm: realm.origin },
+    );
   }
 
   #basicValue(): string {

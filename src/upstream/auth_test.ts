@@ -1,4 +1,4 @@
-import { deepEqual, equal } from "node:assert/strict";
+import { deepEqual, equal, rejects } from "node:assert/strict";
 import type { RegistryConfig } from "../config.ts";
 import { UpstreamAuth } from "./auth.ts";
 
@@ -80,8 +80,23 @@ Deno.test("auth: credentials only go to a trusted realm", async () => {
     ["https://nvcr.io", "https://authn.nvidia.com/token", [], false],
     ["https://quay.io", "https://evil.example.com/token", [], false],
     ["https://foo.github.io", "https://bar.github.io/token", [], false], // a public suffix
-    ["http://127.0.0.1:5000", "http://127.0.0.1:5011/token", [], true],
+    // The upstream's own origin: scheme, host and port.
+    ["http://127.0.0.1:5000", "http://127.0.0.1:5000/token", [], true],
+    ["http://127.0.0.1:5000", "http://127.0.0.1:5011/token", [], false],
+    ["http://127.0.0.1:5000", "https://127.0.0.1:5000/token", [], false],
+    ["http://127.0.0.1:5000", "http://127.0.0.1:5011/token", ["127.0.0.1"], true],
     ["http://127.0.0.1:5000", "http://127.0.0.2/token", [], false],
+    ["https://registry", "https://registry:8443/token", [], false], // a single label (k8s service)
+    ["https://registry", "https://registry/token", [], true],
+    ["https://registry.corp.example", "https://registry.corp.example:8443/token", [], true], // domain
+    // Never in clear text from an https upstream: not its own host, domain or authRealms.
+    ["https://quay.io", "http://quay.io/v2/auth", [], false],
+    ["https://quay.io", "http://quay.io:443/v2/auth", [], false],
+    ["https://registry-1.docker.io", "http://auth.docker.io/token", [], false],
+    ["https://nvcr.io", "http://authn.nvidia.com/token", ["authn.nvidia.com"], false],
+    ["https://127.0.0.1:5000", "http://127.0.0.1:5011/token", ["127.0.0.1"], false],
+    // An http upstream may name an https realm of its domain.
+    ["http://registry.corp.example", "https://auth.corp.example/token", [], true],
   ];
   for (const [upstream, realm, authRealms, trusted] of cases) {
     const server = tokenServer();
@@ -133,4 +148,86 @@ Deno.test("auth: tokens are bounded in number and leave when they expire", async
   now += 54_000; // 90% of expires_in 60 s
   equal(auth.cached(scope(0)), undefined, "expired");
   equal(await auth.answer(challenge(scope(0)), scope(0), undefined), "Bearer t1-20002");
+});
+
+/** A token server stand-in answering with `answer(url)`, recording each request. */
+function scripted(answer: (url: URL) => Response) {
+  const calls: { url: string; authorization: string | null; redirect?: string }[] = [];
+  const fetch = (url: URL, init: RequestInit) => {
+    calls.push({
+      url: url.href,
+      authorization: new Headers(init.headers).get("authorization"),
+      redirect: init.redirect,
+    });
+    return Promise.resolve(answer(url));
+  };
+  return { calls, fetch };
+}
+
+const redirect = (location: string) => new Response(null, { status: 302, headers: { location } });
+
+Deno.test("auth: token redirects are followed by hand, each hop through fetch, no credentials", async () => {
+  const server = scripted((url) =>
+    url.hostname === "auth.docker.io"
+      ? redirect("https://tokens.docker.io/issue?x=1")
+      : Response.json({ token: "from-redirect" })
+  );
+  const auth = new UpstreamAuth(
+    registry("https://registry-1.docker.io", { username: "u", password: "p" }),
+    { fetch: server.fetch, now: () => 0, userAgent: "ua" },
+  );
+  equal(await auth.answer(CHALLENGE, undefined, undefined), "Bearer from-redirect");
+  deepEqual(server.calls.map((c) => [new URL(c.url).host, c.authorization !== null, c.redirect]), [
+    ["auth.docker.io", true, "manual"],
+    ["tokens.docker.io", false, "manual"],
+  ]);
+});
+
+Deno.test("auth: endless token redirects and a refused hop end in a 502", async () => {
+  const loop = scripted((url) => redirect(`${url.origin}/again`));
+  const looping = new UpstreamAuth(registry("https://registry-1.docker.io"), {
+    fetch: loop.fetch,
+    now: () => 0,
+    userAgent: "ua",
+  });
+  await rejects(
+    looping.answer(CHALLENGE, undefined, undefined),
+    (e: Error & { status: number }) => {
+      equal(e.status, 502);
+      return /too many redirects/.test(e.message);
+    },
+  );
+  equal(loop.calls.length, 4, "the realm and three redirects");
+
+  // The guard (here a stand-in) refuses the second hop: its error reaches the caller as is.
+  const refusal = new Error("refusing to follow a token realm to http://127.0.0.2: internal");
+  const guarded = new UpstreamAuth(registry("https://registry-1.docker.io"), {
+    fetch: (url) =>
+      url.hostname === "auth.docker.io"
+        ? Promise.resolve(redirect("http://127.0.0.2/token"))
+        : Promise.reject(refusal),
+    now: () => 0,
+    userAgent: "ua",
+  });
+  await rejects(guarded.answer(CHALLENGE, undefined, undefined), /token server of r .*refusing/);
+});
+
+Deno.test("auth: a token response over 1 MiB is a 502, read no further", async () => {
+  let sent = 0;
+  const huge = new ReadableStream<Uint8Array>({
+    pull(out) {
+      sent += 64 * 1024;
+      out.enqueue(new Uint8Array(64 * 1024).fill(0x61));
+    },
+  });
+  const auth = new UpstreamAuth(registry("https://registry-1.docker.io"), {
+    fetch: () => Promise.resolve(new Response(huge)),
+    now: () => 0,
+    userAgent: "ua",
+  });
+  await rejects(auth.answer(CHALLENGE, undefined, undefined), (e: Error & { status: number }) => {
+    equal(e.status, 502);
+    return /sent more than 1048576 bytes/.test(e.message);
+  });
+  equal(sent <= 1024 * 1024 + 3 * 64 * 1024, true, `read ${sent} bytes`);
 });

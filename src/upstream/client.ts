@@ -4,7 +4,7 @@ import type { RegistryConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { log, redactUrls } from "../log.ts";
 import type { MirrorMetrics } from "../metrics.ts";
-import { AddressGuard } from "./addresses.ts";
+import { AddressGuard, type Resolve } from "./addresses.ts";
 import { UpstreamAuth } from "./auth.ts";
 
 /** Statuses worth another try on an idempotent request. */
@@ -44,6 +44,8 @@ export interface ClientOptions {
   userAgent: string;
   fetch?: typeof fetch;
   metrics?: MirrorMetrics;
+  /** How redirect and token realm targets are resolved (tests pass their own). */
+  resolve?: Resolve;
 }
 
 /** Talks to one upstream registry. */
@@ -59,13 +61,21 @@ export class UpstreamClient {
     this.registry = registry;
     this.#options = options;
     this.#fetch = options.fetch ?? fetch;
-    this.#guard = new AddressGuard(registry.upstream);
-    this.auth = new UpstreamAuth(registry, {
+    this.#guard = new AddressGuard(registry.upstream, {
       fetch: this.#fetch,
+      resolve: options.resolve,
+    });
+    this.auth = new UpstreamAuth(registry, {
+      fetch: (url, init) => this.#guard.fetch(url, init, "a token realm"),
       now: Date.now,
       userAgent: options.userAgent,
-      checkRealm: (realm) => this.#guard.check(realm, "a token realm"),
     });
+  }
+
+  /** Closes the connections kept for redirect targets and token realms (and the anonymous twin). */
+  async close(): Promise<void> {
+    await this.#guard.close();
+    await this.#anonymous?.close();
   }
 
   /**
@@ -159,12 +169,16 @@ export class UpstreamClient {
           headers.set("authorization", authorization);
         }
         const sent = performance.now();
-        const response = await this.#fetch(url, {
+        const init: RequestInit = {
           method: req.method,
           headers,
           redirect: "manual",
           signal: controller.signal,
-        });
+        };
+        // A redirect target is dialled at the address the guard checked (it refuses internal ones).
+        const response = url.origin === base.origin
+          ? await this.#fetch(url, init)
+          : await this.#guard.fetch(url, init, "a redirect");
         const labels = { registry: this.registry.name };
         this.#options.metrics?.upstreamLatency.observe(labels, (performance.now() - sent) / 1000);
         this.#options.metrics?.upstreamRequests.inc({ ...labels, status: String(response.status) });
@@ -173,7 +187,6 @@ export class UpstreamClient {
         if (response.status >= 300 && response.status < 400 && location) {
           await response.body?.cancel();
           url = redirectTarget(location, url, this.registry.name);
-          await this.#guard.check(url, "a redirect");
           continue;
         }
         if (response.status === 401 && !answered && url.origin === base.origin) {
