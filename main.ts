@@ -9,6 +9,7 @@ import { Cache } from "./src/cache/cache.ts";
 import { FsStore } from "./src/cache/fs_store.ts";
 import { own, ownerClient, serveOwnerSocket, tryOwn } from "./src/cache/owner.ts";
 import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
+import { commandHelp } from "./src/cli/help.ts";
 import { healthTarget, probeHealth } from "./src/cli/healthcheck.ts";
 import { prefetch } from "./src/cli/prefetch.ts";
 import { type Config, ConfigError, describeConfig, loadConfig } from "./src/config.ts";
@@ -25,36 +26,49 @@ const USAGE = `registry-mirror ${meta.version}: a pull-through cache for contain
 
 usage: registry-mirror [serve]                 serve the mirror (the default)
        registry-mirror prefetch IMAGE...       warm the cache with every platform of each image
-       registry-mirror cache ls|du             list cached tags | show the cache's size
+       registry-mirror cache ls|du [--json]    list cached tags | show the cache's size
        registry-mirror cache gc [--max-size S] evict least-recently-used objects down to S
        registry-mirror config check            validate; print the effective config, secrets masked
        registry-mirror healthcheck             exit 0 when the local mirror answers /healthz
+       registry-mirror COMMAND --help          the command's options, and an example
 
 options: --config FILE (or env MIRROR_CONFIG); without one, nine registries are served
-env: MIRROR_LISTEN, MIRROR_CONFIG, MIRROR_LOG_LEVEL, MIRROR_SHUTDOWN_GRACE, DOCKER_HUB_USERNAME,
-     DOCKER_HUB_PASSWORD`;
+env: MIRROR_LISTEN, MIRROR_CONFIG, MIRROR_LOG_LEVEL, MIRROR_LOG_FORMAT (text|json),
+     MIRROR_SHUTDOWN_GRACE, DOCKER_HUB_USERNAME, DOCKER_HUB_PASSWORD`;
 
 /** How long in-flight responses may take to finish after SIGTERM (env MIRROR_SHUTDOWN_GRACE). */
 const DEFAULT_SHUTDOWN_GRACE = "30s";
 
 async function main(args: string[]): Promise<number> {
   if (existsSync(".env")) process.loadEnvFile(".env");
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      config: { type: "string" },
-      "max-size": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        config: { type: "string" },
+        "max-size": { type: "string" },
+        json: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    console.error(`registry-mirror: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   const [command = "serve", sub, ...rest] = positionals;
+  if (values.help) {
+    console.log((positionals.length && commandHelp(command)) || USAGE);
+    return 0;
+  }
   const known = command === "serve" || command === "healthcheck" || command === "prefetch" ||
     (command === "cache" && ["ls", "du", "gc"].includes(sub)) ||
     (command === "config" && sub === "check");
-  if (values.help || !known || (command === "prefetch" && !sub)) {
-    console.log(USAGE);
-    return values.help ? 0 : 2;
+  if (!known || (command === "prefetch" && !sub)) {
+    console.log(commandHelp(command) ?? USAGE);
+    return 2;
   }
   let config: Config;
   try {
@@ -80,7 +94,7 @@ async function main(args: string[]): Promise<number> {
       return await serve(config);
   }
   if (command === "prefetch") return await prefetchCommand(config, [sub, ...rest], print);
-  return await cacheCommand(config, sub, values["max-size"], print);
+  return await cacheCommand(config, sub, values, print);
 }
 
 /**
@@ -117,14 +131,15 @@ async function prefetchCommand(
 async function cacheCommand(
   config: Config,
   sub: string,
-  maxSizeText: string | undefined,
+  options: { "max-size"?: string; json?: boolean },
   print: (line: string) => void,
 ): Promise<number> {
   if (sub === "ls" || sub === "du") {
     const store = await FsStore.open(config.cache.dir, { clean: false });
-    await (sub === "ls" ? cacheLs(store, print) : cacheDu(store, print));
+    await (sub === "ls" ? cacheLs : cacheDu)(store, print, { json: options.json });
     return 0;
   }
+  const maxSizeText = options["max-size"];
   const maxSize = maxSizeText === undefined ? config.cache.maxSizeBytes : parseSize(maxSizeText);
   if (maxSize === undefined) {
     console.error("registry-mirror: cache gc needs --max-size SIZE or cache.maxSize");

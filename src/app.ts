@@ -97,7 +97,7 @@ export function createApp(
         if (admitted instanceof RegistryError) throw admitted;
         deferred.push(admitted);
       }
-      if (decided instanceof RegistryError) throw opsMethodError(request, deps.config) ?? decided;
+      if (decided instanceof RegistryError) throw decided;
       kind = decided.kind === "ops" ? decided.endpoint : decided.kind;
       describe(decided, record);
       // Who asks, then what for: all before any cache or upstream work.
@@ -127,7 +127,7 @@ export function createApp(
       for (const fn of deferred) fn();
       // Bodies streamed from a fill count what they sent; others say what they planned to send.
       record.bytes ??= length !== null ? Number(length) : record.upstreamBytes;
-      count(deps.metrics, kind, record);
+      count(deps.metrics, { kind, record, seconds: (performance.now() - started) / 1000 });
       logRequest(record, performance.now() - started, kind);
     };
     if (info?.completed) info.completed.then(done, done);
@@ -144,18 +144,6 @@ interface Verdict {
 
 function isProbe(r: Route): boolean {
   return r.kind === "ops" && PROBES.has(r.endpoint);
-}
-
-/** 405 with Allow for a method other than GET or HEAD on an operator's endpoint, else undefined. */
-function opsMethodError(request: Request, config: Config): RegistryError | undefined {
-  if (request.method === "GET" || request.method === "HEAD") return undefined;
-  const asGet = route(new Request(request.url, { headers: request.headers }), config);
-  if (asGet instanceof RegistryError || asGet.kind !== "ops") return undefined;
-  return new RegistryError(
-    "UNSUPPORTED",
-    `${request.method} is not supported on ${new URL(request.url).pathname}`,
-    { status: 405, headers: { allow: "GET, HEAD" } },
-  );
 }
 
 /**
@@ -218,9 +206,14 @@ function describe(r: Route, record: RequestRecord): void {
   if (r.kind === "blob" || r.kind === "referrers") record.reference = r.digest;
 }
 
-/** Request, cache and pull counters, once the response has been sent. */
-function count(metrics: MirrorMetrics, kind: string, record: RequestRecord): void {
+/** Request, duration, cache and pull counters, once the response has been sent. */
+function count(
+  metrics: MirrorMetrics,
+  { kind, record, seconds }: { kind: string; record: RequestRecord; seconds: number },
+): void {
   metrics.requests.inc({ kind, status: String(record.status) });
+  const statusClass = `${Math.floor((record.status ?? 0) / 100)}xx`;
+  metrics.requestDuration.observe({ kind, status_class: statusClass }, seconds);
   if (!record.cache) return;
   metrics.cacheResults.inc({ result: record.cache.toLowerCase() });
   if (record.cache !== "MISS" && record.method === "GET") {

@@ -1,13 +1,20 @@
-// Structured JSON Lines logging (LogTape) to stderr, and the per-request record each handler fills.
+// Logging (LogTape) to stderr: coloured text lines for people at a terminal, JSON Lines for
+// machines; and the per-request record each handler fills.
 
 import {
   configureSync,
+  getAnsiColorFormatter,
   getConsoleSink,
   getLogger,
+  getTextFormatter,
   isLogLevel,
   jsonLinesFormatter,
   type Logger,
   type LogLevel,
+  type LogRecord,
+  sanitizeControlSequences,
+  type TextFormatter,
+  type TextFormatterOptions,
 } from "@logtape/logtape";
 
 /** The application logger; child categories name the part that logs. */
@@ -40,23 +47,128 @@ export function redactUrls(text: string): string {
   return text.replace(/(https?:\/\/[^\s?#)"'<>]+)\?[^\s#)"'<>]*/g, "$1?REDACTED");
 }
 
+/** How log lines are written: JSON Lines for machines, text lines for people. */
+export type LogFormat = "json" | "text";
+
+/** How `setupLogging` writes; each option has a default read from the process. */
+export interface LoggingOptions {
+  /** `json` or `text` (default: env `MIRROR_LOG_FORMAT`, else text on a terminal, else json). */
+  format?: string;
+  /** Whether stderr is a terminal (default: `Deno.stderr.isTerminal()`). */
+  terminal?: boolean;
+  /** Colours in text lines (default: on a terminal unless env `NO_COLOR` is set). */
+  color?: boolean;
+  /** Where each formatted line goes (default: stderr). */
+  write?: (line: string) => void;
+}
+
 /** Sets up logging at `level` (from `MIRROR_LOG_LEVEL`, default info). Throws on an unknown level. */
-export function setupLogging(level = "info"): void {
+export function setupLogging(level = "info", options: LoggingOptions = {}): void {
   const lowestLevel = level === "warn" ? "warning" : level;
   if (!isLogLevel(lowestLevel)) {
     throw new Error(
       `MIRROR_LOG_LEVEL: unknown level "${level}" (trace, debug, info, warning, error, fatal)`,
     );
   }
+  const terminal = options.terminal ?? Deno.stderr.isTerminal();
+  const format = logFormat(options.format ?? Deno.env.get("MIRROR_LOG_FORMAT"), terminal);
+  const color = options.color ?? (terminal && !Deno.env.get("NO_COLOR"));
+  const formatter = format === "json" ? jsonFormatter : textFormatter({ color });
   const toStderr = Object.fromEntries(
     ["trace", "debug", "info", "warning", "error", "fatal"].map((l) => [l, "error"]),
   ) as Record<LogLevel, "error">;
+  const write = options.write;
+  const sink = write
+    ? (record: LogRecord) => write(formatter(record))
+    : getConsoleSink({ formatter, levelMap: toStderr });
   configureSync({
     reset: true,
-    sinks: { stderr: getConsoleSink({ formatter: jsonLinesFormatter, levelMap: toStderr }) },
+    sinks: { stderr: sink },
     loggers: [
       { category: ["registry-mirror"], lowestLevel: lowestLevel as LogLevel, sinks: ["stderr"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
+}
+
+/** The format asked for (`MIRROR_LOG_FORMAT`), else text on a terminal and JSON otherwise. */
+export function logFormat(asked: string | undefined, terminal: boolean): LogFormat {
+  if (asked === undefined || asked === "") return terminal ? "text" : "json";
+  if (asked === "json" || asked === "text") return asked;
+  throw new Error(`MIRROR_LOG_FORMAT: unknown format "${asked}" (json, text)`);
+}
+
+/**
+ * A message with its values as they are: `listening on 127.0.0.1:8080`, not LogTape's
+ * `listening on "127.0.0.1":8080`. Lists are joined with ", ", other objects are JSON.
+ */
+export function renderMessage(message: readonly unknown[]): string {
+  let text = "";
+  for (let i = 0; i < message.length; i++) {
+    text += i % 2 === 0 ? message[i] : renderValue(message[i]);
+  }
+  return text;
+}
+
+function renderValue(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value instanceof Error) return value.message;
+  if (value instanceof Date) return value.toISOString();
+  if (Array.isArray(value)) return value.map(renderValue).join(", ");
+  if (value !== null && typeof value === "object") {
+    try {
+      return JSON.stringify(value);
+    } catch {
+      return String(value);
+    }
+  }
+  return String(value);
+}
+
+/** A record whose message is already rendered, so no formatter quotes its values. */
+function rendered(record: LogRecord): LogRecord {
+  return { ...record, message: [renderMessage(record.message)] };
+}
+
+/**
+ * One JSON object per line, LogTape's fields (`@timestamp`, `level`, `message`, `logger`,
+ * `properties`), with the message rendered without quotes.
+ */
+export function jsonFormatter(record: LogRecord): string {
+  return jsonLinesFormatter(rendered(record));
+}
+
+/**
+ * `2026-01-02 10:00:00.000 INF GET /v2/ 200 bytes=2 durationMs=1`: time, level, message, then the
+ * properties the message does not show, coloured when `color` is set.
+ */
+export function textFormatter(options: { color: boolean }): TextFormatter {
+  const dim = (text: string) => options.color ? `\x1b[2m${text}\x1b[0m` : text;
+  const settings: TextFormatterOptions = {
+    timestamp: "date-time",
+    level: "ABBR",
+    format: ({ timestamp, level, message, record }) => {
+      const rest = details(record);
+      return `${timestamp} ${level} ${message}${rest ? ` ${dim(rest)}` : ""}`;
+    },
+  };
+  const inner = options.color ? getAnsiColorFormatter(settings) : getTextFormatter(settings);
+  return (record) => inner(rendered(record));
+}
+
+/** `key=value` for each property the message template does not name; absent values are left out. */
+function details(record: LogRecord): string {
+  const template = typeof record.rawMessage === "string"
+    ? record.rawMessage
+    : record.rawMessage.join("");
+  const shown = new Set(
+    [...template.matchAll(/\{([^{}.[\]]+)[^{}]*\}/g)].map((m) => m[1].trim()),
+  );
+  const pairs: string[] = [];
+  for (const [key, value] of Object.entries(record.properties)) {
+    if (shown.has(key) || value === undefined || value === null || value === "") continue;
+    const text = renderValue(value);
+    pairs.push(`${key}=${/[\s"=]/.test(text) ? JSON.stringify(text) : text}`);
+  }
+  return sanitizeControlSequences(pairs.join(" "), { newlines: "escape" });
 }

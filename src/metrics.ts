@@ -1,108 +1,52 @@
-// Prometheus metrics: counters, gauges and histograms with labels, in the text exposition format,
-// plus the few recent facts the dashboard shows (most pulled images, recent upstream errors).
+// Prometheus metrics (prom-client): the mirror's counters, gauges and histograms, the process and
+// runtime metrics, and the few recent facts the dashboard shows (most pulled images, recent errors).
 
 import { LRUCache } from "lru-cache";
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  type LabelValues,
+  Registry,
+} from "prom-client";
 
-type Labels = Record<string, string>;
-
-function labelKey(labels: Labels): string {
-  const parts = Object.keys(labels).sort().map((k) =>
-    `${k}="${labels[k].replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`
-  );
-  return parts.length ? `{${parts.join(",")}}` : "";
-}
-
-abstract class Metric {
-  readonly name: string;
-  readonly help: string;
-  abstract readonly type: string;
-  constructor(name: string, help: string) {
-    this.name = name;
-    this.help = help;
-  }
-  abstract lines(): string[];
-  render(): string {
-    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.lines()]
-      .join("\n");
+/**
+ * A counter whose total is kept elsewhere (a live count in the cache or a client) and copied in
+ * by a `collect` callback before each scrape: exposed as a counter, set like a gauge.
+ */
+export class LiveCounter<T extends string = string> extends Counter<T> {
+  /** Replaces the value of one label set. */
+  set(labels: LabelValues<T>, value: number): void {
+    this.remove(labels);
+    this.inc(labels, value);
   }
 }
 
-/** A value per label set that only goes up. */
-export class Counter extends Metric {
-  readonly type: string = "counter";
-  readonly values = new Map<string, { labels: Labels; value: number }>();
+/** The content type of `MirrorMetrics.render()`: Prometheus text format 0.0.4. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
-  inc(labels: Labels = {}, by = 1): void {
-    const key = labelKey(labels);
-    const entry = this.values.get(key);
-    if (entry) entry.value += by;
-    else this.values.set(key, { labels, value: by });
-  }
-
-  /** The value for one label set (0 when never counted). */
-  get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels))?.value ?? 0;
-  }
-
-  lines(): string[] {
-    return [...this.values.entries()].map(([key, { value }]) => `${this.name}${key} ${value}`);
-  }
-}
-
-/** A value per label set that is set, typically right before a scrape. */
-export class Gauge extends Counter {
-  override readonly type: string = "gauge";
-
-  set(labels: Labels, value: number): void {
-    this.values.set(labelKey(labels), { labels, value });
-  }
-}
-
-/** A total kept elsewhere (a live counter) and copied in before each scrape. */
-export class LiveCounter extends Gauge {
-  override readonly type = "counter";
-}
-
-/** Observations counted into cumulative buckets, with their sum and count. */
-export class Histogram extends Metric {
-  readonly type = "histogram";
-  readonly #buckets: number[];
-  readonly #series = new Map<string, { counts: number[]; sum: number; count: number }>();
-
-  constructor(name: string, help: string, buckets: number[]) {
-    super(name, help);
-    this.#buckets = buckets;
-  }
-
-  observe(labels: Labels, value: number): void {
-    const key = labelKey(labels);
-    let series = this.#series.get(key);
-    if (!series) {
-      series = { counts: this.#buckets.map(() => 0), sum: 0, count: 0 };
-      this.#series.set(key, series);
-    }
-    this.#buckets.forEach((le, i) => {
-      if (value <= le) series.counts[i]++;
-    });
-    series.sum += value;
-    series.count++;
-  }
-
-  lines(): string[] {
-    const out: string[] = [];
-    for (const [key, { counts, sum, count }] of this.#series) {
-      const inner = key.slice(1, -1);
-      const withLe = (le: string) => `{${inner ? `${inner},` : ""}le="${le}"}`;
-      this.#buckets.forEach((le, i) =>
-        out.push(`${this.name}_bucket${withLe(String(le))} ${counts[i]}`)
-      );
-      out.push(`${this.name}_bucket${withLe("+Inf")} ${count}`);
-      out.push(`${this.name}_sum${key} ${sum}`);
-      out.push(`${this.name}_count${key} ${count}`);
-    }
-    return out;
-  }
-}
+/** Upstream latency buckets (seconds): header times, from a cached token to a slow registry. */
+const UPSTREAM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+/** Response buckets (seconds): a cached manifest in milliseconds, a large layer in minutes. */
+const RESPONSE_BUCKETS = [
+  0.001,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+  120,
+  300,
+];
 
 /** One upstream failure, as the dashboard lists it. */
 export interface UpstreamFailure {
@@ -116,72 +60,119 @@ const RECENT_ERRORS = 20;
 /** Images whose pulls are counted: the dashboard shows 10, images in use stay; ~2 MB. */
 const MAX_PULLED_IMAGES = 10_000;
 
-/** Every metric of the mirror. Gauges read from live state are set by `collect` callbacks. */
+let processMetrics: Registry | undefined;
+
+/**
+ * prom-client's process and runtime metrics (`process_*`: CPU, resident memory, open and maximum
+ * file descriptors; `nodejs_*`: event-loop lag, heap), in one registry for the whole process: its
+ * event-loop monitor runs once, however many `MirrorMetrics` there are.
+ */
+function processRegistry(): Registry {
+  if (!processMetrics) {
+    processMetrics = new Registry();
+    collectDefaultMetrics({ register: processMetrics });
+  }
+  return processMetrics;
+}
+
+/** Every metric of the mirror. Values read from live state are set by `collect` callbacks. */
 export class MirrorMetrics {
-  readonly requests = new Counter(
-    "registry_mirror_requests_total",
-    "Requests served, by route kind and status.",
-  );
-  readonly cacheResults = new Counter(
-    "registry_mirror_cache_results_total",
-    "Manifest and blob responses by cache result (hit, miss, stale).",
-  );
-  readonly cacheBytes = new Counter(
-    "registry_mirror_cache_bytes_served_total",
-    "Body bytes served from the cache, per registry.",
-  );
-  readonly upstreamBytes = new Counter(
-    "registry_mirror_upstream_bytes_total",
-    "Body bytes read from upstream registries, per registry.",
-  );
-  readonly upstreamRequests = new Counter(
-    "registry_mirror_upstream_requests_total",
-    "Requests sent upstream, per registry and status (0: no answer).",
-  );
-  readonly upstreamLatency = new Histogram(
-    "registry_mirror_upstream_request_duration_seconds",
-    "Time from sending an upstream request to its response headers, per registry.",
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-  );
-  readonly tokenFetches = new LiveCounter(
-    "registry_mirror_token_fetches_total",
-    "Tokens fetched from upstream token servers, per registry.",
-  );
-  readonly rateLimitRemaining = new Gauge(
-    "registry_mirror_upstream_ratelimit_remaining",
-    "The last ratelimit-remaining an upstream sent, per registry.",
-  );
-  readonly fillsInFlight = new Gauge(
+  /** The mirror's own metrics (the process metrics are added by `render`). */
+  readonly registry: Registry = new Registry();
+  readonly requests: Counter<"kind" | "status"> = new Counter({
+    name: "registry_mirror_requests_total",
+    help: "Requests served, by route kind and status.",
+    labelNames: ["kind", "status"],
+    registers: [this.registry],
+  });
+  readonly requestDuration: Histogram<"kind" | "status_class"> = new Histogram({
+    name: "registry_mirror_request_duration_seconds",
+    help: "Time from a request's arrival to the end of its response, by route kind and " +
+      "status class (2xx, 4xx, ...).",
+    labelNames: ["kind", "status_class"],
+    buckets: RESPONSE_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly cacheResults: Counter<"result"> = new Counter({
+    name: "registry_mirror_cache_results_total",
+    help: "Manifest and blob responses by cache result (hit, miss, stale).",
+    labelNames: ["result"],
+    registers: [this.registry],
+  });
+  readonly cacheBytes: Counter<"registry"> = new Counter({
+    name: "registry_mirror_cache_bytes_served_total",
+    help: "Body bytes served from the cache, per registry.",
+    labelNames: ["registry"],
+    registers: [this.registry],
+  });
+  readonly upstreamBytes: Counter<"registry"> = new Counter({
+    name: "registry_mirror_upstream_bytes_total",
+    help: "Body bytes read from upstream registries, per registry.",
+    labelNames: ["registry"],
+    registers: [this.registry],
+  });
+  readonly upstreamRequests: Counter<"registry" | "status"> = new Counter({
+    name: "registry_mirror_upstream_requests_total",
+    help: "Requests sent upstream, per registry and status (0: no answer).",
+    labelNames: ["registry", "status"],
+    registers: [this.registry],
+  });
+  readonly upstreamLatency: Histogram<"registry"> = new Histogram({
+    name: "registry_mirror_upstream_request_duration_seconds",
+    help: "Time from sending an upstream request to its response headers, per registry.",
+    labelNames: ["registry"],
+    buckets: UPSTREAM_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly tokenFetches: LiveCounter<"registry"> = new LiveCounter({
+    name: "registry_mirror_token_fetches_total",
+    help: "Tokens fetched from upstream token servers, per registry.",
+    labelNames: ["registry"],
+    registers: [this.registry],
+  });
+  readonly rateLimitRemaining: Gauge<"registry"> = new Gauge({
+    name: "registry_mirror_upstream_ratelimit_remaining",
+    help: "The last ratelimit-remaining an upstream sent, per registry.",
+    labelNames: ["registry"],
+    registers: [this.registry],
+  });
+  readonly fillsInFlight: Gauge = this.#gauge(
     "registry_mirror_fills_in_flight",
     "Blobs being fetched into the cache now.",
   );
-  readonly coalesced = new LiveCounter(
+  readonly coalesced: LiveCounter = this.#live(
     "registry_mirror_coalesced_waiters_total",
     "Requests that joined a blob fill another request had started.",
   );
-  readonly fillResumes = new LiveCounter(
+  readonly fillResumes: LiveCounter = this.#live(
     "registry_mirror_fill_resumes_total",
     "Broken upstream transfers resumed with a Range request.",
   );
-  readonly digestMismatches = new LiveCounter(
+  readonly digestMismatches: LiveCounter = this.#live(
     "registry_mirror_digest_mismatches_total",
     "Fills discarded because the content did not match its digest.",
   );
-  readonly diskErrors = new LiveCounter(
+  readonly diskErrors: LiveCounter = this.#live(
     "registry_mirror_disk_errors_total",
     "Local cache writes that failed (full disk, I/O error); the content was served uncached.",
   );
-  readonly passThrough = new LiveCounter(
+  readonly passThrough: LiveCounter = this.#live(
     "registry_mirror_fills_uncached_total",
     "Blob fills whose bytes reached clients without being cached (disk error, too large).",
   );
-  readonly cacheSize = new Gauge("registry_mirror_cache_size_bytes", "Bytes held in the cache.");
-  readonly cacheMaxSize = new Gauge(
+  readonly cacheSize: Gauge = this.#gauge(
+    "registry_mirror_cache_size_bytes",
+    "Bytes held in the cache.",
+  );
+  readonly cacheMaxSize: Gauge = this.#gauge(
     "registry_mirror_cache_max_size_bytes",
     "The configured maximum cache size (absent: no limit).",
   );
-  readonly cacheObjects = new Gauge("registry_mirror_cache_objects", "Objects held in the cache.");
-  readonly evictions = new LiveCounter(
+  readonly cacheObjects: Gauge = this.#gauge(
+    "registry_mirror_cache_objects",
+    "Objects held in the cache.",
+  );
+  readonly evictions: LiveCounter = this.#live(
     "registry_mirror_evictions_total",
     "Objects deleted by eviction since start.",
   );
@@ -193,9 +184,19 @@ export class MirrorMetrics {
   readonly recentErrors: UpstreamFailure[] = [];
   readonly #collectors: (() => void)[] = [];
 
-  /** Registers a callback that sets gauges from live state before each render. */
+  constructor() {
+    // Absent until set (no limit): prom-client starts an unlabelled gauge at 0.
+    this.cacheMaxSize.remove({});
+  }
+
+  /** Registers a callback that sets values from live state before each render. */
   collect(fn: () => void): void {
     this.#collectors.push(fn);
+  }
+
+  /** Runs the collectors, so that every value is current. */
+  refresh(): void {
+    for (const fn of this.#collectors) fn();
   }
 
   /** Records an upstream failure for the dashboard (keeps the last 20). */
@@ -204,29 +205,18 @@ export class MirrorMetrics {
     this.recentErrors.length = Math.min(this.recentErrors.length, RECENT_ERRORS);
   }
 
-  /** The Prometheus text exposition of every metric. */
-  render(): string {
-    for (const fn of this.#collectors) fn();
-    const all = [
-      this.requests,
-      this.cacheResults,
-      this.cacheBytes,
-      this.upstreamBytes,
-      this.upstreamRequests,
-      this.upstreamLatency,
-      this.tokenFetches,
-      this.rateLimitRemaining,
-      this.fillsInFlight,
-      this.coalesced,
-      this.fillResumes,
-      this.digestMismatches,
-      this.diskErrors,
-      this.passThrough,
-      this.cacheSize,
-      this.cacheMaxSize,
-      this.cacheObjects,
-      this.evictions,
-    ];
-    return all.map((m) => m.render()).join("\n") + "\n";
+  /** The Prometheus text exposition of every metric, the process's included. */
+  async render(): Promise<string> {
+    this.refresh();
+    const own = await this.registry.metrics();
+    return `${own}\n${await processRegistry().metrics()}`;
+  }
+
+  #gauge(name: string, help: string): Gauge {
+    return new Gauge({ name, help, registers: [this.registry] });
+  }
+
+  #live(name: string, help: string): LiveCounter {
+    return new LiveCounter({ name, help, registers: [this.registry] });
   }
 }

@@ -68,6 +68,13 @@ export function route(request: Request, config: Config): Route | RegistryError {
   if (endpoint && (request.method === "GET" || request.method === "HEAD")) {
     return { kind: "ops", endpoint };
   }
+  if (endpoint) {
+    return new RegistryError(
+      "UNSUPPORTED",
+      `${request.method} is not supported on ${url.pathname}`,
+      { status: 405, headers: { allow: "GET, HEAD" } },
+    );
+  }
   const m = /^(?:\/([^/]+))?\/v2(?:\/(.*))?$/.exec(url.pathname);
   if (!m) {
     return new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });

@@ -157,8 +157,12 @@ Deno.test("route: the operator's endpoints sit outside /v2/", () => {
     ["/readyz", "readyz"],
   ];
   for (const [path, endpoint] of cases) deepEqual(r(path), { kind: "ops", endpoint }, path);
-  const write = r("/metrics", { method: "POST" });
-  ok(write instanceof RegistryError && write.status === 404);
+  // Writes to them are 405 with Allow (issue 11), decided here, before any limit or handler.
+  for (const method of ["POST", "PUT", "DELETE"]) {
+    const write = r("/metrics", { method });
+    ok(write instanceof RegistryError && write.status === 405, method);
+    equal(write.headers.allow, "GET, HEAD");
+  }
 });
 
 Deno.test("route: HEAD keeps its method; tags keep pagination and the client's path", () => {

@@ -54,7 +54,10 @@ Deno.test({
         ]);
         equal(run.code, 0, run.stderr);
         match(run.stdout, /prefetched 2 of 2 images: 4 manifests, 6 blobs/);
-        match(run.stdout, /quay\.io\/org\/multi:1 linux\/arm64 sha256:/);
+        match(
+          run.stdout,
+          /^quay\.io\/org\/multi:1: 3 manifests \(linux\/amd64, linux\/arm64\), 4 blobs/m,
+        );
         const blobs = [...Deno.readDirSync(`${dir}/cache/blobs/sha256`)].map((e) =>
           `sha256:${e.name}`
         );
@@ -97,6 +100,14 @@ Deno.test({
           .reduce((sum, e) => sum + Deno.statSync(`${dir}/cache/blobs/sha256/${e.name}`).size, 0);
         match(du.stdout, new RegExp(`^blobs\\t6\\t${blobBytes}\\t`, "m"));
         match(du.stdout, /^manifests\t4\t\d+\t/m);
+        const lsJson = await task(["cache", "ls", "--json", "--config", configPath]);
+        equal(lsJson.code, 0, lsJson.stderr);
+        deepEqual(
+          JSON.parse(lsJson.stdout).tags.map((t: { image: string }) => t.image),
+          ["quay.io/org/multi:1", "quay.io/org/single:v1"],
+        );
+        const duJson = await task(["cache", "du", "--json", "--config", configPath]);
+        deepEqual(JSON.parse(duJson.stdout).blobs, { objects: 6, bytes: blobBytes });
       });
 
       await t.step("cache gc evicts down to --max-size", async () => {

@@ -114,7 +114,7 @@ Deno.test({
       /** Messages of the log lines that name `digest`, which they show as <digest>. */
       const about = (digest: string) =>
         mirror.logs().filter((line) => JSON.stringify(line).includes(digest))
-          .map((l) => `${l.level} ${l.message}`.replaceAll(`"${digest}"`, "<digest>"));
+          .map((l) => `${l.level} ${l.message}`.replaceAll(digest, "<digest>"));
       /** At most three lines, then how many more: a failure's diff stays readable. */
       const few = (lines: string[]) =>
         lines.length > 3 ? [...lines.slice(0, 3), `... ${lines.length - 3} more`] : lines;

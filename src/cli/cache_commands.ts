@@ -4,34 +4,84 @@ import type { Cache } from "../cache/cache.ts";
 import type { Store } from "../cache/store.ts";
 import { formatBytes } from "./format.ts";
 
-/** `cache ls`: every tag record, one per line, sorted: image, digest, media type, last check. */
-export async function cacheLs(store: Store, print: (line: string) => void): Promise<void> {
-  const lines: string[] = [];
-  for await (const { registry, repository, tag, record } of store.listTags()) {
-    const checked = new Date(record.checkedAt).toISOString();
-    lines.push(
-      `${registry}/${repository}:${tag}\t${record.digest}\t${record.mediaType}\t${checked}`,
-    );
-  }
-  for (const line of lines.sort()) print(line);
-  print(`${lines.length} tags`);
+/** How `cache ls` and `cache du` print. */
+export interface ListOptions {
+  /** One JSON document for scripts instead of tab-separated lines. */
+  json?: boolean;
 }
 
-/** `cache du`: objects and bytes by kind; it only reads (safe beside a serving mirror). */
-export async function cacheDu(store: Store, print: (line: string) => void): Promise<void> {
+/** One cached tag, as `cache ls --json` lists it. */
+export interface CachedTag {
+  image: string;
+  registry: string;
+  repository: string;
+  tag: string;
+  digest: string;
+  mediaType: string;
+  /** When upstream was last asked (ISO 8601). */
+  checkedAt: string;
+}
+
+/**
+ * `cache ls`: every tag record, sorted by image: a line each (image, digest, media type, last
+ * check) and a count, or with `json` one document `{"tags": [...]}`.
+ */
+export async function cacheLs(
+  store: Store,
+  print: (line: string) => void,
+  options: ListOptions = {},
+): Promise<void> {
+  const tags: CachedTag[] = [];
+  for await (const { registry, repository, tag, record } of store.listTags()) {
+    tags.push({
+      image: `${registry}/${repository}:${tag}`,
+      registry,
+      repository,
+      tag,
+      digest: record.digest,
+      mediaType: record.mediaType,
+      checkedAt: new Date(record.checkedAt).toISOString(),
+    });
+  }
+  tags.sort((a, b) => a.image < b.image ? -1 : a.image > b.image ? 1 : 0);
+  if (options.json) return print(JSON.stringify({ tags }, null, 2));
+  for (const t of tags) print(`${t.image}\t${t.digest}\t${t.mediaType}\t${t.checkedAt}`);
+  print(`${tags.length} tags`);
+}
+
+/** Objects and bytes of one kind. */
+export interface Usage {
+  objects: number;
+  bytes: number;
+}
+
+/**
+ * `cache du`: objects and bytes by kind, a line each, or with `json` one document
+ * `{"blobs": {objects, bytes}, "manifests": {...}, "total": {...}}`. It only reads (safe beside a
+ * serving mirror).
+ */
+export async function cacheDu(
+  store: Store,
+  print: (line: string) => void,
+  options: ListOptions = {},
+): Promise<void> {
   const sums = { blob: { objects: 0, bytes: 0 }, manifest: { objects: 0, bytes: 0 } };
   for await (const info of store.list()) {
     sums[info.kind].objects++;
     sums[info.kind].bytes += info.size;
   }
-  const total = sums.blob.bytes + sums.manifest.bytes;
-  print(`blobs\t${sums.blob.objects}\t${sums.blob.bytes}\t${formatBytes(sums.blob.bytes)}`);
-  print(
-    `manifests\t${sums.manifest.objects}\t${sums.manifest.bytes}\t${
-      formatBytes(sums.manifest.bytes)
-    }`,
-  );
-  print(`total\t${sums.blob.objects + sums.manifest.objects}\t${total}\t${formatBytes(total)}`);
+  const usage: Record<"blobs" | "manifests" | "total", Usage> = {
+    blobs: sums.blob,
+    manifests: sums.manifest,
+    total: {
+      objects: sums.blob.objects + sums.manifest.objects,
+      bytes: sums.blob.bytes + sums.manifest.bytes,
+    },
+  };
+  if (options.json) return print(JSON.stringify(usage, null, 2));
+  for (const [kind, { objects, bytes }] of Object.entries(usage)) {
+    print(`${kind}\t${objects}\t${bytes}\t${formatBytes(bytes)}`);
+  }
 }
 
 /** `cache gc`: evicts least-recently-used objects down to `maxSize` bytes. */

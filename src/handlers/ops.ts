@@ -2,7 +2,7 @@
 
 import type { Cache } from "../cache/cache.ts";
 import type { Config } from "../config.ts";
-import type { MirrorMetrics } from "../metrics.ts";
+import { METRICS_CONTENT_TYPE, type MirrorMetrics } from "../metrics.ts";
 import type { OpsEndpoint } from "../route.ts";
 import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard_page.ts";
 
@@ -18,8 +18,8 @@ export interface OpsContext {
 export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise<Response> {
   switch (endpoint) {
     case "metrics":
-      return new Response(ops.metrics.render(), {
-        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      return new Response(await ops.metrics.render(), {
+        headers: { "content-type": METRICS_CONTENT_TYPE },
       });
     case "healthz":
       return Response.json({ status: "ok" });
@@ -32,7 +32,7 @@ export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise
       );
     }
     case "stats":
-      return Response.json(stats(ops), { headers: { "cache-control": "no-store" } });
+      return Response.json(await stats(ops), { headers: { "cache-control": "no-store" } });
     case "dashboard":
       return new Response(DASHBOARD_HTML, {
         headers: {
@@ -44,32 +44,31 @@ export async function handleOps(endpoint: OpsEndpoint, ops: OpsContext): Promise
 }
 
 /** The numbers the dashboard shows, as JSON. */
-export function stats(ops: OpsContext) {
+export async function stats(ops: OpsContext) {
   const { metrics, cache, config } = ops;
-  metrics.render(); // runs the collectors, so gauges are current
-  const sum = (values: Iterable<{ value: number }>) => [...values].reduce((a, v) => a + v.value, 0);
-  const byRegistry = (
-    counter: { values: Map<string, { labels: Record<string, string>; value: number }> },
-    name: string,
-    filter?: (l: Record<string, string>) => boolean,
-  ) =>
-    sum(
-      [...counter.values.values()].filter((v) =>
-        v.labels.registry === name && (!filter || filter(v.labels))
-      ),
-    );
+  metrics.refresh(); // runs the collectors, so every value is current
+  const samples = async (metric: { get(): Promise<{ values: Sample[] }> }) =>
+    (await metric.get()).values;
+  const sum = (values: Sample[]) => values.reduce((a, v) => a + v.value, 0);
+  const requests = await samples(metrics.requests);
+  const cacheBytes = await samples(metrics.cacheBytes);
+  const upstreamRequests = await samples(metrics.upstreamRequests);
+  const upstreamBytes = await samples(metrics.upstreamBytes);
+  const rateLimits = await samples(metrics.rateLimitRemaining);
+  const byRegistry = (values: Sample[], name: string, filter?: (l: Sample["labels"]) => boolean) =>
+    sum(values.filter((v) => v.labels.registry === name && (!filter || filter(v.labels))));
   const { HIT, MISS, STALE } = cache.counts;
   const served = HIT + MISS + STALE;
   const eviction = cache.eviction.stats();
   return {
     uptimeSeconds: Math.round((Date.now() - ops.startedAt) / 1000),
-    requests: sum(metrics.requests.values.values()),
+    requests: sum(requests),
     cache: {
       hits: HIT,
       misses: MISS,
       stale: STALE,
       hitRatio: served ? (HIT + STALE) / served : 0,
-      bytesServed: sum(metrics.cacheBytes.values.values()),
+      bytesServed: sum(cacheBytes),
       sizeBytes: eviction.bytes,
       maxSizeBytes: config.cache.maxSizeBytes ?? null,
       objects: eviction.objects,
@@ -78,19 +77,24 @@ export function stats(ops: OpsContext) {
     },
     registries: [...config.registries.keys()].map((name) => ({
       name,
-      upstreamRequests: byRegistry(metrics.upstreamRequests, name),
+      upstreamRequests: byRegistry(upstreamRequests, name),
       upstreamErrors: byRegistry(
-        metrics.upstreamRequests,
+        upstreamRequests,
         name,
         (l) => l.status === "0" || Number(l.status) >= 500 || l.status === "429",
       ),
-      upstreamBytes: byRegistry(metrics.upstreamBytes, name),
-      cacheBytes: byRegistry(metrics.cacheBytes, name),
-      rateLimitRemaining: [...metrics.rateLimitRemaining.values.values()]
-        .find((v) => v.labels.registry === name)?.value ?? null,
+      upstreamBytes: byRegistry(upstreamBytes, name),
+      cacheBytes: byRegistry(cacheBytes, name),
+      rateLimitRemaining: rateLimits.find((v) => v.labels.registry === name)?.value ?? null,
     })),
     topImages: [...metrics.pulls.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10)
       .map(([image, pulls]) => ({ image, pulls })),
     recentErrors: metrics.recentErrors,
   };
+}
+
+/** One value of a metric, with its labels. */
+interface Sample {
+  labels: Partial<Record<string, string | number>>;
+  value: number;
 }
