@@ -44,6 +44,14 @@ export interface Config {
     maxConcurrentRequests: number;
     /** Requests per second per client address; 0: no limit. */
     clientRate: number;
+    /** How long a new connection may take to send its first request's head. */
+    headerTimeoutMs: number;
+    /** How long a connection may wait between the end of a response and the next request's head. */
+    idleTimeoutMs: number;
+    /** How long a response may wait for its client to take more bytes. */
+    sendTimeoutMs: number;
+    /** Open client connections; undefined: derived from the descriptor limit when serving. */
+    maxConnections?: number;
   };
 }
 
@@ -195,22 +203,49 @@ function parsePolicy(raw: unknown): Config["policy"] {
 }
 
 function parseLimits(raw: unknown): Config["limits"] {
-  const keys = ["maxHeaderBytes", "maxUrlLength", "maxConcurrentRequests", "clientRate"];
+  const keys = [
+    "maxHeaderBytes",
+    "maxUrlLength",
+    "maxConcurrentRequests",
+    "clientRate",
+    "headerTimeout",
+    "idleTimeout",
+    "sendTimeout",
+    "maxConnections",
+  ];
   const limits = raw === undefined ? {} : objectAt(raw, "limits", keys);
-  const number = (key: string, fallback: number, min: number) => {
+  const number = (key: string, fallback: number, min: number, max = Infinity) => {
     const value = limits[key] ?? fallback;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
+    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+      const range = max === Infinity ? `>= ${min}` : `${min}-${max}`;
       throw new ConfigError(
-        `config: limits.${key}: expected an integer >= ${min}, got ${JSON.stringify(value)}`,
+        `config: limits.${key}: expected an integer ${range}, got ${JSON.stringify(value)}`,
       );
     }
     return value;
   };
+  const duration = (key: string, fallback: string) => {
+    const text = stringAt(limits[key], `limits.${key}`) ?? fallback;
+    const ms = parseDuration(text);
+    if (!ms) {
+      throw new ConfigError(
+        `config: limits.${key}: expected a duration like "${fallback}", got "${text}"`,
+      );
+    }
+    return ms;
+  };
   return {
-    maxHeaderBytes: number("maxHeaderBytes", 16 * 1024, 1024),
+    // The HTTP server answers a bare 400 to heads over 64 KiB before the mirror sees them.
+    maxHeaderBytes: number("maxHeaderBytes", 16 * 1024, 1024, 64 * 1024),
     maxUrlLength: number("maxUrlLength", 4096, 256),
     maxConcurrentRequests: number("maxConcurrentRequests", 1024, 1),
     clientRate: number("clientRate", 0, 0),
+    headerTimeoutMs: duration("headerTimeout", "10s"),
+    idleTimeoutMs: duration("idleTimeout", "60s"),
+    sendTimeoutMs: duration("sendTimeout", "60s"),
+    maxConnections: limits.maxConnections === undefined
+      ? undefined
+      : number("maxConnections", 0, 1),
   };
 }
 

@@ -115,8 +115,39 @@ const BAD: [unknown, string][] = [
     'upstream.idleTimeout: expected a duration like "60s", got "soon"',
   ],
   [{ upstream: { retries: -1 } }, "upstream.retries: expected an integer 0-10, got -1"],
+  [{ limits: { headerTimeout: "10" } }, 'limits.headerTimeout: expected a duration like "10s"'],
+  [{ limits: { idleTimeout: "0s" } }, 'limits.idleTimeout: expected a duration like "60s"'],
+  [{ limits: { sendTimeout: 60 } }, "limits.sendTimeout: expected a non-empty string, got 60"],
+  [{ limits: { maxConnections: 0 } }, "limits.maxConnections: expected an integer >= 1, got 0"],
+  [{ limits: { maxConnections: "9" } }, 'limits.maxConnections: expected an integer >= 1, got "9"'],
+  [
+    { limits: { maxHeaderBytes: 100_000 } },
+    "limits.maxHeaderBytes: expected an integer 1024-65536, got 100000",
+  ],
+  [{ limits: { connections: 5 } }, "limits.connections: unknown key"],
   [[], "config: config: expected an object"],
 ];
+
+Deno.test("config: connection timeouts and the connection cap under limits", () => {
+  const defaults = loadConfig(undefined, sources()).limits;
+  deepEqual(defaults, {
+    maxHeaderBytes: 16_384,
+    maxUrlLength: 4096,
+    maxConcurrentRequests: 1024,
+    clientRate: 0,
+    headerTimeoutMs: 10_000,
+    idleTimeoutMs: 60_000,
+    sendTimeoutMs: 60_000,
+    maxConnections: undefined,
+  });
+  const set = buildConfig({
+    limits: { headerTimeout: "1s", idleTimeout: "1.5s", sendTimeout: "2m", maxConnections: 300 },
+  }, sources()).limits;
+  deepEqual(
+    [set.headerTimeoutMs, set.idleTimeoutMs, set.sendTimeoutMs, set.maxConnections],
+    [1000, 1500, 120_000, 300],
+  );
+});
 
 Deno.test("config: every bad key or value is one clear line naming it", () => {
   for (const [raw, text] of BAD) {

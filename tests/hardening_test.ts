@@ -53,7 +53,21 @@ async function rawRequest(port: number, head: string) {
     const at = l.indexOf(":");
     return [l.slice(0, at).trim(), l.slice(at + 1).trim()] as [string, string];
   }));
-  return { status: Number(statusLine.split(" ")[1]), headers, body: rest.join("\r\n\r\n") };
+  const raw = rest.join("\r\n\r\n");
+  const chunked = headers.get("transfer-encoding")?.toLowerCase() === "chunked";
+  return { status: Number(statusLine.split(" ")[1]), headers, body: chunked ? dechunk(raw) : raw };
+}
+
+/** A chunked body's bytes (as text): size lines and their chunks, up to the zero-size chunk. */
+function dechunk(raw: string): string {
+  let body = "";
+  for (let at = 0;;) {
+    const eol = raw.indexOf("\r\n", at);
+    const size = parseInt(raw.slice(at, eol), 16);
+    if (!(size > 0)) return body;
+    body += raw.slice(eol + 2, eol + 2 + size);
+    at = eol + 2 + size + 2;
+  }
 }
 
 /** GETs (or HEADs) `url`, reading the whole body. */

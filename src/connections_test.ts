@@ -1,0 +1,202 @@
+import { deepEqual, equal, ok } from "node:assert/strict";
+import {
+  type ConnectionHandler,
+  ConnectionServer,
+  type ConnectionSettings,
+} from "./connections.ts";
+
+const SETTINGS: ConnectionSettings = {
+  headerTimeoutMs: 300,
+  idleTimeoutMs: 500,
+  sendTimeoutMs: 300,
+  maxConnections: 100,
+};
+const encoder = new TextEncoder();
+
+/** A connection server on 127.0.0.1, stopped (and every client closed) when disposed. */
+function serve(handler: ConnectionHandler, settings: Partial<ConnectionSettings> = {}) {
+  const server = new ConnectionServer(handler, { ...SETTINGS, ...settings }, {
+    onError: () => new Response("error", { status: 500 }),
+  });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = server.accept(listener);
+  const clients: Deno.Conn[] = [];
+  return {
+    server,
+    async connect(): Promise<Deno.Conn> {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+      clients.push(conn);
+      return conn;
+    },
+    async [Symbol.asyncDispose]() {
+      for (const c of clients) {
+        try {
+          c.close();
+        } catch { /* closed by the test */ }
+      }
+      listener.close();
+      await accepting;
+      await server.shutdown();
+    },
+  };
+}
+
+/**
+ * Reads until the server closes (true: an EOF, or a reset when it closed with bytes unread) or
+ * `deadlineMs` passes (false); returns the time taken.
+ */
+async function closedWithin(conn: Deno.Conn, deadlineMs: number): Promise<[boolean, number]> {
+  const started = performance.now();
+  let late = false;
+  const timer = setTimeout(() => {
+    late = true;
+    conn.close();
+  }, deadlineMs);
+  try {
+    const buffer = new Uint8Array(64 * 1024);
+    while ((await conn.read(buffer)) !== null);
+  } catch { /* a reset, or closed here at the deadline */ }
+  clearTimeout(timer);
+  return [!late, performance.now() - started];
+}
+
+async function request(conn: Deno.Conn, path: string): Promise<string> {
+  await conn.write(encoder.encode(`GET ${path} HTTP/1.1\r\nHost: t\r\n\r\n`));
+  const buffer = new Uint8Array(4096);
+  const n = await conn.read(buffer);
+  return new TextDecoder().decode(buffer.subarray(0, n ?? 0));
+}
+
+const hello: ConnectionHandler = () =>
+  new Response("hello", { headers: { "content-length": "5" } });
+
+Deno.test("connections: a request head not sent within headerTimeout closes the connection", async () => {
+  await using s = serve(hello);
+  const silent = await s.connect();
+  const partial = await s.connect();
+  await partial.write(encoder.encode("GET / HTTP/1.1\r\nHost: t\r\n"));
+  const [closedSilent, silentMs] = await closedWithin(silent, 5000);
+  const [closedPartial] = await closedWithin(partial, 5000);
+  ok(closedSilent && closedPartial, "both closed by the server");
+  ok(silentMs >= 250, `closed after ${silentMs} ms, not before the timeout`);
+  equal(s.server.stats.headerTimeouts, 2);
+});
+
+Deno.test("connections: idle keep-alive connections close after idleTimeout, busy ones stay", async () => {
+  await using s = serve(hello);
+  const idle = await s.connect();
+  ok((await request(idle, "/")).startsWith("HTTP/1.1 200"));
+  const busy = await s.connect();
+  // Requests every 200 ms for 1 s: longer than the idle timeout in all, never idle that long.
+  for (let i = 0; i < 5; i++) {
+    ok((await request(busy, "/")).endsWith("hello"));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const [closed] = await closedWithin(idle, 5000);
+  ok(closed, "the idle one was closed");
+  ok((await request(busy, "/")).endsWith("hello"), "the busy one still serves");
+  equal(s.server.stats.idleTimeouts, 1);
+  equal(s.server.stats.headerTimeouts, 0);
+});
+
+Deno.test("connections: a client that stops reading is cut, and its body cancelled", async () => {
+  let cancelled = false;
+  let completed: string | undefined;
+  await using s = serve((_request, info) => {
+    info.completed.then(() => completed = "sent", () => completed = "failed");
+    const chunk = new Uint8Array(1024 * 1024);
+    return new Response(
+      new ReadableStream({
+        pull: (c) => c.enqueue(chunk),
+        cancel: () => void (cancelled = true),
+      }),
+    );
+  });
+  const conn = await s.connect();
+  await conn.write(encoder.encode("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+  await conn.read(new Uint8Array(16 * 1024)); // then reads no more until the server gives up
+  for (let i = 0; i < 250 && !(cancelled && completed); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  equal(s.server.stats.sendTimeouts, 1);
+  // The body is endless: only a closed connection ends it.
+  const [closed] = await closedWithin(conn, 5000);
+  ok(closed, "the server closed the stalled download");
+  ok(cancelled, "the source stream was cancelled");
+  ok(completed !== undefined, "completed settled, so whatever waits on it is released");
+});
+
+Deno.test("connections: a slow client that keeps reading is not cut", async () => {
+  const size = 3 * 1024 * 1024;
+  await using s = serve(
+    () => new Response(new Uint8Array(size), { headers: { "content-length": String(size) } }),
+    {
+      sendTimeoutMs: 400,
+    },
+  );
+  const conn = await s.connect();
+  await conn.write(encoder.encode("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+  const buffer = new Uint8Array(256 * 1024);
+  let got = 0;
+  // About 1.3 MB/s: each pause is shorter than the send timeout, the whole is ~2.5 s.
+  while (got < size) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    got += n;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  ok(got > size, `the whole body came (${got} bytes with the head)`);
+  equal(s.server.stats.sendTimeouts, 0);
+});
+
+Deno.test("connections: at the cap an idle connection makes room; with none idle, refused", async () => {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => release = resolve);
+  await using s = serve(async (request) => {
+    if (new URL(request.url).pathname === "/hold") await held;
+    return new Response("ok", { headers: { "content-length": "2" } });
+  }, { maxConnections: 2, headerTimeoutMs: 10_000 });
+  const oldest = await s.connect();
+  const next = await s.connect();
+  ok((await request(next, "/")).endsWith("ok"));
+  const newest = await s.connect();
+  const [oldestClosed] = await closedWithin(oldest, 5000);
+  ok(oldestClosed, "the longest-open idle connection was closed for the new one");
+  ok((await request(newest, "/")).endsWith("ok"), "the new one is served");
+  // Both remaining connections busy: a third is refused.
+  const busyA = request(next, "/hold");
+  const busyB = request(newest, "/hold");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const refused = await s.connect();
+  const [refusedClosed] = await closedWithin(refused, 5000);
+  ok(refusedClosed);
+  release();
+  ok((await busyA).endsWith("ok") && (await busyB).endsWith("ok"));
+  deepEqual([s.server.stats.shed, s.server.stats.refused], [1, 1]);
+});
+
+Deno.test("connections: shutdown lets a response in progress finish", async () => {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => release = resolve);
+  const server = new ConnectionServer(
+    async () => {
+      await held;
+      return new Response("done", { headers: { "content-length": "4" } });
+    },
+    SETTINGS,
+    { onError: () => new Response(null, { status: 500 }) },
+  );
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = server.accept(listener);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const answer = request(conn, "/");
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  listener.close();
+  await accepting;
+  const stopped = server.shutdown();
+  release();
+  ok((await answer).endsWith("done"));
+  await stopped;
+  equal(server.open, 0);
+  conn.close();
+});
