@@ -1,5 +1,6 @@
-// Config type, the built-in registry table, and loading + validation of the JSON config file.
+// Config type, the built-in registry table, and loading + validation (a valibot schema) of the JSON config file.
 
+import * as v from "valibot";
 import { parseDuration, parseSize } from "./units.ts";
 
 /** One upstream registry the mirror serves. */
@@ -77,23 +78,187 @@ export const DEFAULT_REGISTRIES: Record<string, [string, string[], string[]]> = 
 };
 
 const DEFAULT_LISTEN = "0.0.0.0:8080";
-const TOP_KEYS = [
-  "listen",
-  "registries",
-  "hosts",
-  "cache",
-  "upstream",
-  "tls",
-  "auth",
-  "policy",
-  "limits",
-];
 /** A policy pattern: a registry (or `*`), then a repository glob. */
 const POLICY_PATTERN = /^[a-z0-9.:*-]+\/[a-z0-9._*\/-]+$/;
-const REGISTRY_KEYS = ["upstream", "aliases", "username", "password", "passwordFile", "authRealms"];
 const REGISTRY_NAME = /^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/;
 const ALIAS = /^[a-z0-9]+(?:[_-][a-z0-9]+)*$/;
 const HOSTNAME = /^[a-z0-9]+(?:[.-][a-z0-9]+)*$/;
+const TOKEN = /^[\x21-\x7e]{16,}$/;
+
+/** A message naming what was expected and the value found. */
+const got = (expected: string) => (issue: { input: unknown }) =>
+  `${expected}, got ${JSON.stringify(issue.input)}`;
+
+const text = v.pipe(
+  v.string(got("expected a non-empty string")),
+  v.minLength(1, got("expected a non-empty string")),
+);
+
+/** An object refusing unknown keys, naming the keys it allows. */
+function strict<const E extends v.ObjectEntries>(entries: E) {
+  const isObject = (x: unknown) => typeof x === "object" && x !== null && !Array.isArray(x);
+  return v.pipe(
+    v.custom<Record<string, unknown>>(isObject, got("expected an object")),
+    // Every key is optional, so the only issue left here is an unknown key.
+    v.strictObject(entries, `unknown key (allowed: ${Object.keys(entries).join(", ")})`),
+  );
+}
+
+/** A non-empty string turned into a value by `parse`; undefined from it is an error. */
+function parsed<T>(parse: (text: string) => T | undefined, expected: string) {
+  return v.pipe(
+    text,
+    v.rawTransform<string, T>(({ dataset, addIssue, NEVER }) => {
+      const value = parse(dataset.value);
+      if (value !== undefined) return value;
+      addIssue({ message: got(expected)({ input: dataset.value }) });
+      return NEVER;
+    }),
+  );
+}
+
+/** Milliseconds from a duration such as "60s"; zero only when `allowZero`. */
+function duration(example: string, allowZero = false) {
+  return v.optional(
+    parsed((t) => {
+      const ms = parseDuration(t);
+      return ms !== undefined && (ms > 0 || allowZero) ? ms : undefined;
+    }, `expected a duration like "${example}"`),
+    example,
+  );
+}
+
+function integer(min: number, max = Infinity) {
+  const message = got(`expected an integer ${max === Infinity ? `>= ${min}` : `${min}-${max}`}`);
+  return v.pipe(
+    v.number(message),
+    v.integer(message),
+    v.minValue(min, message),
+    v.maxValue(max, message),
+  );
+}
+
+function list(pattern: RegExp) {
+  const entry = (issue: v.BaseIssue<unknown>) => `invalid entry ${JSON.stringify(issue.input)}`;
+  return v.array(
+    v.pipe(v.string(entry), v.regex(pattern, entry)),
+    got("expected an array of strings"),
+  );
+}
+
+function parseListen(text: string): Config["listen"] | undefined {
+  const at = text.lastIndexOf(":");
+  const hostname = text.slice(0, at).replace(/^\[(.*)\]$/, "$1");
+  const portText = text.slice(at + 1);
+  const port = Number(portText);
+  const ok = at > 0 && hostname && /^\d+$/.test(portText) && port >= 1 && port <= 65535;
+  return ok ? { hostname, port } : undefined;
+}
+
+function parseUpstream(text: string): URL | undefined {
+  const url = URL.parse(text);
+  if (
+    !url || (url.protocol !== "http:" && url.protocol !== "https:") || url.search || url.hash ||
+    url.username || url.password
+  ) return undefined;
+  url.pathname = url.pathname.replace(/\/+$/, "").replace(/\/v2$/, "");
+  return url;
+}
+
+const Listen = parsed(parseListen, 'expected "host:port" with a port 1-65535');
+
+const RegistryEntry = v.pipe(
+  strict({
+    upstream: v.optional(
+      parsed(parseUpstream, "expected an http(s) URL without query or credentials"),
+    ),
+    aliases: v.optional(list(ALIAS)),
+    username: v.optional(text),
+    password: v.optional(text),
+    passwordFile: v.optional(text),
+    authRealms: v.optional(list(HOSTNAME)),
+  }),
+  v.check(
+    (r) => r.password === undefined || r.passwordFile === undefined,
+    "set password or passwordFile, not both",
+  ),
+);
+
+/** The config file: every key, its type, its default. */
+export const ConfigFileSchema = strict({
+  listen: v.optional(Listen, DEFAULT_LISTEN),
+  registries: v.optional(
+    v.record(
+      v.pipe(v.string(), v.regex(REGISTRY_NAME, (i) => `"${i.input}" is not a registry host name`)),
+      // `false` removes a built-in registry; anything else must be an entry.
+      v.lazy((input) => input === false ? v.literal(false) : RegistryEntry),
+    ),
+    {},
+  ),
+  hosts: v.optional(v.record(v.string(), text), {}),
+  cache: v.optional(
+    v.pipe(
+      strict({
+        dir: v.optional(text, "./data"),
+        tagTtl: duration("5m", true),
+        maxSize: v.optional(
+          parsed((t) => parseSize(t) || undefined, 'expected a size like "50GiB"'),
+        ),
+      }),
+      v.transform((c) => ({ dir: c.dir, tagTtlMs: c.tagTtl, maxSizeBytes: c.maxSize })),
+    ),
+    {},
+  ),
+  upstream: v.optional(
+    v.pipe(
+      strict({ idleTimeout: duration("60s"), retries: v.optional(integer(0, 10), 3) }),
+      v.transform((u) => ({ idleTimeoutMs: u.idleTimeout, retries: u.retries })),
+    ),
+    {},
+  ),
+  tls: v.optional(v.pipe(
+    strict({ cert: v.optional(text), key: v.optional(text), reloadCheck: duration("10s") }),
+    v.check((t) => t.cert !== undefined && t.key !== undefined, "both cert and key are required"),
+    v.transform((t) => ({ cert: t.cert!, key: t.key!, reloadCheckMs: t.reloadCheck })),
+  )),
+  auth: v.optional(
+    strict({
+      htpasswd: v.optional(text),
+      tokens: v.optional(list(TOKEN)),
+      tokensFile: v.optional(text),
+    }),
+  ),
+  policy: v.optional(
+    strict({
+      allow: v.optional(list(POLICY_PATTERN), []),
+      deny: v.optional(list(POLICY_PATTERN), []),
+    }),
+    {},
+  ),
+  limits: v.optional(
+    v.pipe(
+      strict({
+        // The HTTP server answers a bare 400 to heads over 64 KiB before the mirror sees them.
+        maxHeaderBytes: v.optional(integer(1024, 64 * 1024), 16 * 1024),
+        maxUrlLength: v.optional(integer(256), 4096),
+        maxConcurrentRequests: v.optional(integer(1), 1024),
+        clientRate: v.optional(integer(0), 0),
+        headerTimeout: duration("10s"),
+        idleTimeout: duration("60s"),
+        sendTimeout: duration("60s"),
+        maxConnections: v.optional(integer(1)),
+      }),
+      v.transform(({ headerTimeout, idleTimeout, sendTimeout, maxConnections, ...rest }) => ({
+        ...rest,
+        maxConnections,
+        headerTimeoutMs: headerTimeout,
+        idleTimeoutMs: idleTimeout,
+        sendTimeoutMs: sendTimeout,
+      })),
+    ),
+    {},
+  ),
+});
 
 /** What loading needs from the outside world, so tests can pass their own. */
 export interface ConfigSources {
@@ -121,12 +286,9 @@ export function loadConfig(path: string | undefined, sources: ConfigSources): Co
 
 /** Validates a parsed config object and merges it over the defaults. */
 export function buildConfig(raw: unknown, sources: ConfigSources): Config {
-  const file = objectAt(raw, "config", TOP_KEYS);
-  const listen = parseListen(
-    sources.env.MIRROR_LISTEN ?? stringAt(file.listen, "listen") ??
-      DEFAULT_LISTEN,
-  );
-  const registries = parseRegistries(file.registries, sources);
+  const file = validate(ConfigFileSchema, raw, "config");
+  const env = sources.env;
+  const registries = mergeRegistries(file.registries, sources);
   const aliases = new Map<string, string>();
   for (const r of registries.values()) {
     for (const alias of r.aliases) {
@@ -139,175 +301,90 @@ export function buildConfig(raw: unknown, sources: ConfigSources): Config {
       aliases.set(alias, r.name);
     }
   }
+  const hosts = new Map<string, string>();
+  for (const [host, registry] of Object.entries(file.hosts)) {
+    if (!registries.has(registry)) {
+      throw new ConfigError(`config: hosts.${host}: unknown registry "${registry}"`);
+    }
+    hosts.set(host.toLowerCase(), registry);
+  }
+  let auth: Config["auth"];
+  if (file.auth) {
+    const { htpasswd, tokens = [], tokensFile } = file.auth;
+    if (tokensFile !== undefined) {
+      const lines = readFile(sources, tokensFile, "auth.tokensFile").split("\n");
+      tokens.push(...lines.map((t) => t.trim()).filter(Boolean));
+    }
+    if (htpasswd === undefined && tokens.length === 0) {
+      throw new ConfigError("config: auth: set htpasswd, tokens or tokensFile");
+    }
+    auth = { htpasswd, tokens };
+  }
   return {
-    listen,
+    listen: env.MIRROR_LISTEN === undefined
+      ? file.listen
+      : validate(Listen, env.MIRROR_LISTEN, "listen"),
     registries,
     aliases,
-    hosts: parseHosts(file.hosts, registries),
-    cache: parseCache(file.cache),
-    upstream: parseUpstream(file.upstream),
-    tls: parseTls(file.tls),
-    auth: parseAuth(file.auth, sources),
-    policy: parsePolicy(file.policy),
-    limits: parseLimits(file.limits),
+    hosts,
+    cache: file.cache,
+    upstream: file.upstream,
+    tls: file.tls,
+    auth,
+    policy: file.policy,
+    limits: file.limits,
   };
 }
 
-function parseTls(raw: unknown): Config["tls"] {
-  if (raw === undefined) return undefined;
-  const tls = objectAt(raw, "tls", ["cert", "key", "reloadCheck"]);
-  const cert = stringAt(tls.cert, "tls.cert");
-  const key = stringAt(tls.key, "tls.key");
-  if (cert === undefined || key === undefined) {
-    throw new ConfigError("config: tls: both cert and key are required");
-  }
-  const checkText = stringAt(tls.reloadCheck, "tls.reloadCheck") ?? "10s";
-  const reloadCheckMs = parseDuration(checkText);
-  if (!reloadCheckMs) {
-    throw new ConfigError(
-      `config: tls.reloadCheck: expected a duration like "10s", got "${checkText}"`,
-    );
-  }
-  return { cert, key, reloadCheckMs };
+/** Runs `schema` on `input`; the first issue becomes a one-line ConfigError naming its key path. */
+function validate<S extends v.GenericSchema>(schema: S, input: unknown, key: string) {
+  const result = v.safeParse(schema, input, { abortEarly: true });
+  if (result.success) return result.output;
+  const issue = result.issues[0];
+  const path = (issue.path ?? []).filter((p) => p.type !== "array").map((p) => String(p.key));
+  throw new ConfigError(`config: ${path.join(".") || key}: ${issue.message}`);
 }
 
-function parseAuth(raw: unknown, sources: ConfigSources): Config["auth"] {
-  if (raw === undefined) return undefined;
-  const auth = objectAt(raw, "auth", ["htpasswd", "tokens", "tokensFile"]);
-  const htpasswd = stringAt(auth.htpasswd, "auth.htpasswd");
-  const tokens = stringListAt(auth.tokens, "auth.tokens", /^[\x21-\x7e]{16,}$/) ?? [];
-  const tokensFile = stringAt(auth.tokensFile, "auth.tokensFile");
-  if (tokensFile !== undefined) {
-    try {
-      tokens.push(
-        ...sources.readTextFile(tokensFile).split("\n").map((t) => t.trim()).filter(Boolean),
-      );
-    } catch (e) {
-      throw new ConfigError(
-        `config: auth.tokensFile: cannot read "${tokensFile}": ${(e as Error).message}`,
-      );
-    }
+function readFile(sources: ConfigSources, path: string, key: string): string {
+  try {
+    return sources.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(`config: ${key}: cannot read "${path}": ${(e as Error).message}`);
   }
-  if (htpasswd === undefined && tokens.length === 0) {
-    throw new ConfigError("config: auth: set htpasswd, tokens or tokensFile");
-  }
-  return { htpasswd, tokens };
 }
 
-function parsePolicy(raw: unknown): Config["policy"] {
-  const policy = raw === undefined ? {} : objectAt(raw, "policy", ["allow", "deny"]);
-  return {
-    allow: stringListAt(policy.allow, "policy.allow", POLICY_PATTERN) ?? [],
-    deny: stringListAt(policy.deny, "policy.deny", POLICY_PATTERN) ?? [],
-  };
-}
-
-function parseLimits(raw: unknown): Config["limits"] {
-  const keys = [
-    "maxHeaderBytes",
-    "maxUrlLength",
-    "maxConcurrentRequests",
-    "clientRate",
-    "headerTimeout",
-    "idleTimeout",
-    "sendTimeout",
-    "maxConnections",
-  ];
-  const limits = raw === undefined ? {} : objectAt(raw, "limits", keys);
-  const number = (key: string, fallback: number, min: number, max = Infinity) => {
-    const value = limits[key] ?? fallback;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-      const range = max === Infinity ? `>= ${min}` : `${min}-${max}`;
-      throw new ConfigError(
-        `config: limits.${key}: expected an integer ${range}, got ${JSON.stringify(value)}`,
-      );
-    }
-    return value;
-  };
-  const duration = (key: string, fallback: string) => {
-    const text = stringAt(limits[key], `limits.${key}`) ?? fallback;
-    const ms = parseDuration(text);
-    if (!ms) {
-      throw new ConfigError(
-        `config: limits.${key}: expected a duration like "${fallback}", got "${text}"`,
-      );
-    }
-    return ms;
-  };
-  return {
-    // The HTTP server answers a bare 400 to heads over 64 KiB before the mirror sees them.
-    maxHeaderBytes: number("maxHeaderBytes", 16 * 1024, 1024, 64 * 1024),
-    maxUrlLength: number("maxUrlLength", 4096, 256),
-    maxConcurrentRequests: number("maxConcurrentRequests", 1024, 1),
-    clientRate: number("clientRate", 0, 0),
-    headerTimeoutMs: duration("headerTimeout", "10s"),
-    idleTimeoutMs: duration("idleTimeout", "60s"),
-    sendTimeoutMs: duration("sendTimeout", "60s"),
-    maxConnections: limits.maxConnections === undefined
-      ? undefined
-      : number("maxConnections", 0, 1),
-  };
-}
-
-function parseListen(text: string): Config["listen"] {
-  const at = text.lastIndexOf(":");
-  const hostname = text.slice(0, at).replace(/^\[(.*)\]$/, "$1");
-  const portText = text.slice(at + 1);
-  const port = Number(portText);
-  if (at <= 0 || !hostname || !/^\d+$/.test(portText) || port < 1 || port > 65535) {
-    throw new ConfigError(
-      `config: listen: expected "host:port" with a port 1-65535, got "${text}"`,
-    );
-  }
-  return { hostname, port };
-}
-
-function parseRegistries(raw: unknown, sources: ConfigSources): Map<string, RegistryConfig> {
+function mergeRegistries(
+  entries: v.InferOutput<typeof ConfigFileSchema>["registries"],
+  sources: ConfigSources,
+): Map<string, RegistryConfig> {
   const result = new Map<string, RegistryConfig>();
   for (const [name, [upstream, aliases, authRealms]] of Object.entries(DEFAULT_REGISTRIES)) {
     result.set(name, { name, upstream: new URL(upstream), aliases, authRealms });
   }
-  const entries = raw === undefined ? {} : objectAt(raw, "registries");
-  for (const [name, value] of Object.entries(entries)) {
-    const key = `registries.${name}`;
-    if (!REGISTRY_NAME.test(name)) {
-      throw new ConfigError(`config: ${key}: "${name}" is not a registry host name`);
-    }
-    if (value === false) {
+  for (const [name, entry] of Object.entries(entries)) {
+    if (entry === false) {
       result.delete(name);
       continue;
     }
-    const entry = objectAt(value, key, REGISTRY_KEYS);
+    const key = `registries.${name}`;
     const base = result.get(name);
-    const upstreamText = stringAt(entry.upstream, `${key}.upstream`);
-    if (!base && upstreamText === undefined) {
+    const upstream = entry.upstream ?? base?.upstream;
+    if (upstream === undefined) {
       throw new ConfigError(
         `config: ${key}.upstream: required for a registry that is not built in`,
       );
     }
-    const registry: RegistryConfig = {
+    const password = entry.passwordFile === undefined
+      ? entry.password
+      : readFile(sources, entry.passwordFile, `${key}.passwordFile`).trim();
+    result.set(name, {
       name,
-      upstream: upstreamText === undefined ? base!.upstream : parseUrl(upstreamText, key),
-      aliases: stringListAt(entry.aliases, `${key}.aliases`, ALIAS) ?? base?.aliases ?? [],
-      authRealms: stringListAt(entry.authRealms, `${key}.authRealms`, HOSTNAME) ??
-        base?.authRealms ?? [],
-      username: stringAt(entry.username, `${key}.username`),
-      password: stringAt(entry.password, `${key}.password`),
-    };
-    const passwordFile = stringAt(entry.passwordFile, `${key}.passwordFile`);
-    if (passwordFile !== undefined) {
-      if (registry.password !== undefined) {
-        throw new ConfigError(`config: ${key}: set password or passwordFile, not both`);
-      }
-      try {
-        registry.password = sources.readTextFile(passwordFile).trim();
-      } catch (e) {
-        throw new ConfigError(
-          `config: ${key}.passwordFile: cannot read "${passwordFile}": ${(e as Error).message}`,
-        );
-      }
-    }
-    result.set(name, registry);
+      upstream,
+      aliases: entry.aliases ?? base?.aliases ?? [],
+      authRealms: entry.authRealms ?? base?.authRealms ?? [],
+      username: entry.username,
+      password,
+    });
   }
   const hub = result.get("docker.io");
   if (hub) {
@@ -322,110 +399,6 @@ function parseRegistries(raw: unknown, sources: ConfigSources): Map<string, Regi
     }
   }
   return result;
-}
-
-function parseUrl(text: string, key: string): URL {
-  let url: URL | undefined;
-  try {
-    url = new URL(text);
-  } catch {
-    url = undefined;
-  }
-  if (
-    !url || (url.protocol !== "http:" && url.protocol !== "https:") || url.search || url.hash ||
-    url.username || url.password
-  ) {
-    throw new ConfigError(
-      `config: ${key}.upstream: expected an http(s) URL without query or credentials, got "${text}"`,
-    );
-  }
-  url.pathname = url.pathname.replace(/\/+$/, "").replace(/\/v2$/, "");
-  return url;
-}
-
-function parseHosts(raw: unknown, registries: Map<string, RegistryConfig>): Map<string, string> {
-  const hosts = new Map<string, string>();
-  if (raw === undefined) return hosts;
-  for (const [host, value] of Object.entries(objectAt(raw, "hosts"))) {
-    const registry = stringAt(value, `hosts.${host}`);
-    if (registry === undefined || !registries.has(registry)) {
-      throw new ConfigError(`config: hosts.${host}: unknown registry "${String(value)}"`);
-    }
-    hosts.set(host.toLowerCase(), registry);
-  }
-  return hosts;
-}
-
-function parseCache(raw: unknown): Config["cache"] {
-  const cache = raw === undefined ? {} : objectAt(raw, "cache", ["dir", "tagTtl", "maxSize"]);
-  const ttlText = stringAt(cache.tagTtl, "cache.tagTtl") ?? "5m";
-  const tagTtlMs = parseDuration(ttlText);
-  if (tagTtlMs === undefined) {
-    throw new ConfigError(`config: cache.tagTtl: expected a duration like "5m", got "${ttlText}"`);
-  }
-  const sizeText = stringAt(cache.maxSize, "cache.maxSize");
-  const maxSizeBytes = sizeText === undefined ? undefined : parseSize(sizeText);
-  if (sizeText !== undefined && !maxSizeBytes) {
-    throw new ConfigError(`config: cache.maxSize: expected a size like "50GiB", got "${sizeText}"`);
-  }
-  return { dir: stringAt(cache.dir, "cache.dir") ?? "./data", tagTtlMs, maxSizeBytes };
-}
-
-function parseUpstream(raw: unknown): Config["upstream"] {
-  const upstream = raw === undefined ? {} : objectAt(raw, "upstream", ["idleTimeout", "retries"]);
-  const idleText = stringAt(upstream.idleTimeout, "upstream.idleTimeout") ?? "60s";
-  const idleTimeoutMs = parseDuration(idleText);
-  if (idleTimeoutMs === undefined || idleTimeoutMs <= 0) {
-    throw new ConfigError(
-      `config: upstream.idleTimeout: expected a duration like "60s", got "${idleText}"`,
-    );
-  }
-  const retries = upstream.retries ?? 3;
-  if (typeof retries !== "number" || !Number.isInteger(retries) || retries < 0 || retries > 10) {
-    throw new ConfigError(
-      `config: upstream.retries: expected an integer 0-10, got ${JSON.stringify(retries)}`,
-    );
-  }
-  return { idleTimeoutMs, retries };
-}
-
-function objectAt(raw: unknown, key: string, allowed?: string[]): Record<string, unknown> {
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new ConfigError(`config: ${key}: expected an object, got ${JSON.stringify(raw)}`);
-  }
-  const obj = raw as Record<string, unknown>;
-  for (const k of Object.keys(obj)) {
-    if (allowed && !allowed.includes(k)) {
-      const where = key === "config" ? k : `${key}.${k}`;
-      throw new ConfigError(`config: ${where}: unknown key (allowed: ${allowed.join(", ")})`);
-    }
-  }
-  return obj;
-}
-
-function stringAt(raw: unknown, key: string): string | undefined {
-  if (raw === undefined) return undefined;
-  if (typeof raw !== "string" || raw === "") {
-    throw new ConfigError(
-      `config: ${key}: expected a non-empty string, got ${JSON.stringify(raw)}`,
-    );
-  }
-  return raw;
-}
-
-function stringListAt(raw: unknown, key: string, pattern: RegExp): string[] | undefined {
-  if (raw === undefined) return undefined;
-  if (!Array.isArray(raw)) {
-    throw new ConfigError(
-      `config: ${key}: expected an array of strings, got ${JSON.stringify(raw)}`,
-    );
-  }
-  return raw.map((item) => {
-    if (typeof item !== "string" || !pattern.test(item)) {
-      throw new ConfigError(`config: ${key}: invalid entry ${JSON.stringify(item)}`);
-    }
-    return item;
-  });
 }
 
 /** The effective config as plain JSON, secrets masked, for `config check`. */

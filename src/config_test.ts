@@ -62,6 +62,10 @@ Deno.test("config: environment sets listen and Docker Hub credentials", () => {
   const hub = config.registries.get("docker.io")!;
   deepEqual([hub.username, hub.password], ["hubuser", "hubpass"]);
   equal(config.registries.get("quay.io")!.password, undefined);
+  throws(
+    () => buildConfig({}, sources({ MIRROR_LISTEN: "9000" })),
+    /^ConfigError: config: listen: expected "host:port" with a port 1-65535, got "9000"$/,
+  );
 });
 
 /** [config, text the one-line error must contain] */
@@ -126,6 +130,20 @@ const BAD: [unknown, string][] = [
   ],
   [{ limits: { connections: 5 } }, "limits.connections: unknown key"],
   [[], "config: config: expected an object"],
+  [{ listne: "x" }, "config: listne: unknown key (allowed: listen, registries, hosts,"],
+  [{ cache: [] }, "config: cache: expected an object, got []"],
+  [{ hosts: { "q.local": 5 } }, "config: hosts.q.local: expected a non-empty string, got 5"],
+  [{ tls: { cert: "c.pem" } }, "config: tls: both cert and key are required"],
+  [
+    { tls: { cert: "c.pem", key: "k.pem", reloadCheck: "0s" } },
+    'config: tls.reloadCheck: expected a duration like "10s", got "0s"',
+  ],
+  [{ auth: {} }, "config: auth: set htpasswd, tokens or tokensFile"],
+  [{ auth: { tokens: ["short"] } }, 'config: auth.tokens: invalid entry "short"'],
+  [{ auth: { tokens: "x".repeat(16) } }, "config: auth.tokens: expected an array of strings, got"],
+  [{ auth: { tokensFile: "/missing" } }, 'config: auth.tokensFile: cannot read "/missing"'],
+  [{ policy: { deny: ["nope"] } }, 'config: policy.deny: invalid entry "nope"'],
+  [{ limits: { clientRate: 1.5 } }, "config: limits.clientRate: expected an integer >= 0, got 1.5"],
 ];
 
 Deno.test("config: connection timeouts and the connection cap under limits", () => {
