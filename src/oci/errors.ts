@@ -80,10 +80,9 @@ export class RegistryError extends Error {
       "docker-distribution-api-version": "registry/2.0",
       ...this.headers,
     });
-    if (method === "HEAD") {
-      headers.set("content-length", String(new TextEncoder().encode(body).length));
-      return new Response(null, { status: this.status, headers });
-    }
-    return new Response(body, { status: this.status, headers });
+    // A stated length lets the server send the body whole rather than chunked.
+    const bytes = new TextEncoder().encode(body);
+    headers.set("content-length", String(bytes.length));
+    return new Response(method === "HEAD" ? null : bytes, { status: this.status, headers });
   }
 }
