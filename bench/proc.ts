@@ -78,6 +78,11 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** CPU seconds per GB (10^9 bytes) moved. */
+export function perGB(seconds: number, bytes: number): number {
+  return seconds / (bytes / 1e9);
+}
+
 /** Samples VmRSS of `pid` every `everyMs` until stopped; `stop()` returns the samples (bytes). */
 export function sampleRss(pid: number, everyMs = 200): { stop(): number[] } {
   const samples: number[] = [];
