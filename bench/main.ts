@@ -14,6 +14,7 @@ import {
   table,
   TITLES,
 } from "./report.ts";
+import { crowdScenario } from "./scenarios/crowd.ts";
 import { herdScenario } from "./scenarios/herd.ts";
 import { manifestScenario } from "./scenarios/manifest.ts";
 import { pullScenarios } from "./scenarios/pulls.ts";
@@ -33,6 +34,7 @@ type Runner = (env: BenchEnv, opts: Options, caches: Systems) => Promise<Scenari
 
 const RUNNERS: [ScenarioId[], Runner][] = [
   [["cold", "warm"], pullScenarios],
+  [["crowd"], async (...a) => [await crowdScenario(...a)]],
   [["manifest"], async (...a) => [await manifestScenario(...a)]],
   [["herd"], async (...a) => [await herdScenario(...a)]],
   [["slow"], async (...a) => [await slowScenario(...a)]],

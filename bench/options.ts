@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { parseSize } from "../src/units.ts";
 
 /** Every scenario, in the order they run and appear in the table. */
-export const SCENARIOS = ["cold", "warm", "manifest", "herd", "slow", "startup"] as const;
+export const SCENARIOS = ["cold", "warm", "crowd", "manifest", "herd", "slow", "startup"] as const;
 
 /** A scenario id. */
 export type ScenarioId = typeof SCENARIOS[number];
@@ -23,7 +23,7 @@ export interface Options {
   herdRuns: number;
   /** Concurrent clients on one cold big blob. */
   herdClients: number;
-  /** Concurrent clients asking for a cached manifest by tag. */
+  /** Concurrent clients asking for a cached manifest by tag, and pulling a warm blob. */
   concurrency: number;
   /** Seconds of each manifest load run. */
   loadSeconds: number;

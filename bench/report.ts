@@ -31,6 +31,7 @@ export interface ScenarioResult {
 export const TITLES: Record<ScenarioId, string> = {
   cold: "cold pull of the big blob",
   warm: "warm pull of the big blob (cached)",
+  crowd: "concurrent clients on a warm blob",
   manifest: "manifest by tag, cached, concurrent clients",
   herd: "concurrent clients on one cold big blob",
   slow: "slow (rate-limited) clients on a warm blob",
