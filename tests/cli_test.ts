@@ -5,20 +5,8 @@ import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { startMirror } from "./fixtures/mirror.ts";
 import { startRegistry } from "./fixtures/registry.ts";
 import { pushImage, pushIndex, pushLargeBlobImage, sha256 } from "./fixtures/seed.ts";
+import { runTask } from "./fixtures/task.ts";
 import { skipUnless } from "./fixtures/tools.ts";
-
-const ROOT = new URL("../", import.meta.url).pathname;
-
-async function task(args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "start", ...args],
-    cwd: ROOT,
-    env,
-    stdin: "null",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 Deno.test({
   name: "cli: prefetch warms every platform; cache ls, du and gc; config check masks secrets",
@@ -45,7 +33,7 @@ Deno.test({
       });
 
       await t.step("prefetch pulls the index, every child and every blob", async () => {
-        const run = await task([
+        const run = await runTask([
           "prefetch",
           "--config",
           configPath,
@@ -65,7 +53,7 @@ Deno.test({
           i,
         ) => [i.config.digest, i.layer.digest]);
         deepEqual(blobs.sort(), expected.sort());
-        const failed = await task(["prefetch", "--config", configPath, "quay.io/org/none:1"]);
+        const failed = await runTask(["prefetch", "--config", configPath, "quay.io/org/none:1"]);
         equal(failed.code, 1);
         match(failed.stdout, /error: quay\.io\/org\/none:1: manifest 1: 404/);
       });
@@ -90,42 +78,42 @@ Deno.test({
       });
 
       await t.step("cache ls and du describe what is cached", async () => {
-        const ls = await task(["cache", "ls", "--config", configPath]);
+        const ls = await runTask(["cache", "ls", "--config", configPath]);
         equal(ls.code, 0, ls.stderr);
         match(ls.stdout, new RegExp(`quay\\.io/org/multi:1\\t${multi.digest}\\t`));
         match(ls.stdout, new RegExp(`quay\\.io/org/single:v1\\t${single.digest}\\t`));
         match(ls.stdout, /^2 tags$/m);
-        const du = await task(["cache", "du", "--config", configPath]);
+        const du = await runTask(["cache", "du", "--config", configPath]);
         const blobBytes = [...Deno.readDirSync(`${dir}/cache/blobs/sha256`)]
           .reduce((sum, e) => sum + Deno.statSync(`${dir}/cache/blobs/sha256/${e.name}`).size, 0);
         match(du.stdout, new RegExp(`^blobs\\t6\\t${blobBytes}\\t`, "m"));
         match(du.stdout, /^manifests\t4\t\d+\t/m);
-        const lsJson = await task(["cache", "ls", "--json", "--config", configPath]);
+        const lsJson = await runTask(["cache", "ls", "--json", "--config", configPath]);
         equal(lsJson.code, 0, lsJson.stderr);
         deepEqual(
           JSON.parse(lsJson.stdout).tags.map((t: { image: string }) => t.image),
           ["quay.io/org/multi:1", "quay.io/org/single:v1"],
         );
-        const duJson = await task(["cache", "du", "--json", "--config", configPath]);
+        const duJson = await runTask(["cache", "du", "--json", "--config", configPath]);
         deepEqual(JSON.parse(duJson.stdout).blobs, { objects: 6, bytes: blobBytes });
       });
 
       await t.step("cache gc evicts down to --max-size", async () => {
-        const gc = await task(["cache", "gc", "--config", configPath, "--max-size", "0B"]);
+        const gc = await runTask(["cache", "gc", "--config", configPath, "--max-size", "0B"]);
         equal(gc.code, 0, gc.stderr);
         match(gc.stdout, /evicted 10 objects .*cache now 0 objects/);
         deepEqual([...Deno.readDirSync(`${dir}/cache/blobs/sha256`)], []);
       });
 
       await t.step("config check prints the effective config with secrets masked", async () => {
-        const check = await task(["config", "check", "--config", configPath]);
+        const check = await runTask(["config", "check", "--config", configPath]);
         equal(check.code, 0, check.stderr);
         const printed = JSON.parse(check.stdout);
         deepEqual(printed.registries["quay.io"].password, "***");
         equal(printed.registries["quay.io"].upstream, `${registry.url}/`);
         ok(!check.stdout.includes("s3cret-pw"));
         equal(Object.keys(printed.registries).length, 9);
-        const usage = await task(["nonsense"]);
+        const usage = await runTask(["nonsense"]);
         equal(usage.code, 2);
         match(usage.stdout, /usage: registry-mirror/);
       });
