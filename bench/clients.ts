@@ -8,6 +8,8 @@ export interface Pull {
   /** Body bytes received. */
   bytes: number;
   seconds: number;
+  /** Seconds from the start until the first body byte (curl's time_starttransfer). */
+  firstByteSeconds: number;
 }
 
 /** Options of {@linkcode curlPull}. */
@@ -22,7 +24,13 @@ export interface PullOptions {
 /** Downloads `url` to /dev/null with curl and returns its status, size and duration. */
 export async function curlPull(url: string, opts: PullOptions = {}): Promise<Pull> {
   const maxTimeS = opts.maxTimeS ?? 300;
-  const args = ["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"];
+  const args = [
+    "-s",
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{http_code} %{size_download} %{time_total} %{time_starttransfer}",
+  ];
   args.push("--max-time", String(maxTimeS));
   if (opts.limitRate) args.push("--limit-rate", opts.limitRate);
   for (const [name, value] of Object.entries(opts.headers ?? {})) {
@@ -30,17 +38,26 @@ export async function curlPull(url: string, opts: PullOptions = {}): Promise<Pul
   }
   args.push(url);
   const result = await run("curl", args, (maxTimeS + 10) * 1000);
-  const [status, bytes, seconds] = result.stdout.trim().split(" ").map(Number);
-  return { status, bytes, seconds };
+  const [status, bytes, seconds, firstByteSeconds] = result.stdout.trim().split(" ").map(Number);
+  return { status, bytes, seconds, firstByteSeconds };
 }
 
 /** Pulls `url` once and throws unless it got `size` bytes with a 200. Returns MB/s (10^6). */
 export async function pullRate(url: string, size: number, maxTimeS = 300): Promise<number> {
+  return (await timedPull(url, size, maxTimeS)).mbps;
+}
+
+/** Like {@linkcode pullRate}, with the time to the first body byte in milliseconds too. */
+export async function timedPull(
+  url: string,
+  size: number,
+  maxTimeS = 300,
+): Promise<{ mbps: number; firstByteMs: number }> {
   const pull = await curlPull(url, { maxTimeS });
   if (pull.status !== 200 || pull.bytes !== size) {
     throw new Error(`pull of ${url}: status ${pull.status}, ${pull.bytes} of ${size} bytes`);
   }
-  return size / 1e6 / pull.seconds;
+  return { mbps: size / 1e6 / pull.seconds, firstByteMs: pull.firstByteSeconds * 1000 };
 }
 
 /** What `count` concurrent curl downloads did, and how long until the last one ended. */

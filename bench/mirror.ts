@@ -21,6 +21,8 @@ export interface MirrorOptions {
   logLevel?: string;
   /** Do not wait for `GET /v2/` (the caller times start-up itself). */
   noWait?: boolean;
+  /** cache.tagTtl (default: the mirror's default). */
+  tagTtl?: string;
 }
 
 /** A running mirror; `spawnedAt` is performance.now() just before the process was spawned. */
@@ -47,7 +49,7 @@ export async function startMirrorProcess(opts: MirrorOptions): Promise<MirrorPro
     JSON.stringify({
       listen: `127.0.0.1:${port}`,
       registries: { "docker.io": { upstream: opts.upstream } },
-      cache: { dir: opts.cacheDir ?? `${opts.dir}/cache` },
+      cache: { dir: opts.cacheDir ?? `${opts.dir}/cache`, tagTtl: opts.tagTtl },
     }),
   );
   const profile = opts.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${opts.cpuProfDir}`] : [];

@@ -11,7 +11,10 @@ export type CacheKind = "mirror" | "distribution";
 /** Starts caches for the scenarios; `stopAll` ends whatever is still running. */
 export interface Systems {
   /** Starts registry-mirror with its config and log in `dir` (cache in `dir/cache`). */
-  mirror(dir: string, opts?: { noWait?: boolean; cacheDir?: string }): Promise<MirrorProcess>;
+  mirror(
+    dir: string,
+    opts?: { noWait?: boolean; cacheDir?: string; tagTtl?: string },
+  ): Promise<MirrorProcess>;
   /** Starts Distribution's proxy with its storage in `dir/data`. */
   distribution(dir: string): Promise<CacheProcess>;
   /** Starts one of the two. */
@@ -47,6 +50,7 @@ export function systems(
           cpuProfDir: settings.cpuProfDir,
           cacheDir: opts.cacheDir,
           noWait: opts.noWait,
+          tagTtl: opts.tagTtl,
         }),
       ),
     distribution: async (dir) => track(await startDistributionProxy(dir, env.nginx.proxyUrl)),

@@ -1,7 +1,7 @@
 // Cold and warm pulls of the big and small blobs: each cache starts empty, is pulled through once
 // (cold), then again (warm); next to the origin read directly and nginx serving the same file.
 
-import { pullRate } from "../clients.ts";
+import { pullRate, timedPull } from "../clients.ts";
 import { type BenchEnv, originTraffic, type SeededBlob } from "../env.ts";
 import type { Options } from "../options.ts";
 import { cpuSeconds, median, perGB } from "../proc.ts";
@@ -17,7 +17,10 @@ function push(series: Series, key: string, value: number): void {
 async function baselines(env: BenchEnv, series: Series): Promise<void> {
   for (const [name, blob] of [["big", env.big], ["small", env.small]] as const) {
     push(series, `cold.${name}.direct`, await pullRate(env.origin.url + blob.path, blob.size));
-    push(series, `cold.${name}.proxied`, await pullRate(env.nginx.proxyUrl + blob.path, blob.size));
+    // The upstream as each cache sees it: through the counting proxy.
+    const proxied = await timedPull(env.nginx.proxyUrl + blob.path, blob.size);
+    push(series, `cold.${name}.proxied`, proxied.mbps);
+    push(series, `ttfb.${name}.proxied`, proxied.firstByteMs);
     const cpu = cpuSeconds(env.nginx.pid);
     push(series, `warm.${name}.nginx`, await pullRate(blob.staticUrl, blob.size));
     push(series, `warmCpu.${name}.nginx`, perGB(cpuSeconds(env.nginx.pid) - cpu, blob.size));
@@ -38,7 +41,9 @@ async function throughCache(
     for (const [name, blob] of blobs) {
       const mark = env.nginx.mark();
       const cpu = cache.cpuSeconds();
-      push(series, `cold.${name}.${kind}`, await pullRate(cache.url + blob.path, blob.size));
+      const cold = await timedPull(cache.url + blob.path, blob.size);
+      push(series, `cold.${name}.${kind}`, cold.mbps);
+      push(series, `ttfb.${name}.${kind}`, cold.firstByteMs);
       // Distribution keeps filling its store in the background after the client got the blob.
       await env.nginx.settle();
       push(series, `coldCpu.${name}.${kind}`, perGB(cache.cpuSeconds() - cpu, blob.size));
@@ -96,8 +101,21 @@ function rows(env: BenchEnv, opts: Options, series: Series): { cold: Row[]; warm
         result: `${
           ratio(med(series, "coldCpu.big.mirror"), med(series, "coldCpu.big.distribution"))
         } Distribution's CPU`,
-        target: "(reported)",
-        verdict: "info",
+        target: "<= Distribution's",
+        verdict: med(series, "coldCpu.big.mirror") <= med(series, "coldCpu.big.distribution")
+          ? "met"
+          : "missed",
+      });
+      const ttfb = (kind: string) => med(series, `ttfb.big.${kind}`);
+      cold.push({
+        scenario: "cold",
+        measure: `time to first byte of the cold blob (curl), ${runs}`,
+        mirror: `${num(ttfb("mirror"))} ms`,
+        distribution: `${num(ttfb("distribution"))} ms`,
+        baseline: `upstream via counting proxy ${num(ttfb("proxied"))} ms`,
+        result: `mirror ${num(ttfb("mirror") - ttfb("proxied"))} ms after the upstream's own`,
+        target: "within 5 ms of the upstream's own",
+        verdict: ttfb("mirror") <= ttfb("proxied") + 5 ? "met" : "missed",
       });
       cold.push({
         scenario: "cold",
@@ -171,7 +189,13 @@ export async function pullScenarios(
     {
       id: "cold",
       rows: cold,
-      raw: { ...pick("cold."), ...pick("coldCpu."), ...pick("origin."), ...pick("rss.") },
+      raw: {
+        ...pick("cold."),
+        ...pick("coldCpu."),
+        ...pick("ttfb."),
+        ...pick("origin."),
+        ...pick("rss."),
+      },
     },
     {
       id: "warm",
