@@ -6,7 +6,8 @@ import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
 import { type AppDeps, createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
-import { FsStore } from "./src/cache/fs_store.ts";
+import { openStore, StoreUnavailable } from "./src/cache/open_store.ts";
+import { S3Store } from "./src/cache/s3_store.ts";
 import { own, ownerClient, serveOwnerSocket, tryOwn } from "./src/cache/owner.ts";
 import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
 import { commandHelp } from "./src/cli/help.ts";
@@ -20,7 +21,7 @@ import { Limits } from "./src/security/limits.ts";
 import { Policy } from "./src/security/policy.ts";
 import { startServer } from "./src/server.ts";
 import { parseDuration, parseSize } from "./src/units.ts";
-import { UpstreamClient } from "./src/upstream/client.ts";
+import { Upstreams, withCredentials } from "./src/upstream/upstreams.ts";
 
 const USAGE = `registry-mirror ${meta.version}: a pull-through cache for container registries
 
@@ -135,7 +136,7 @@ async function cacheCommand(
   print: (line: string) => void,
 ): Promise<number> {
   if (sub === "ls" || sub === "du") {
-    const store = await FsStore.open(config.cache.dir, { clean: false });
+    const store = await openStore(config.cache, { clean: false });
     await (sub === "ls" ? cacheLs : cacheDu)(store, print, { json: options.json });
     return 0;
   }
@@ -166,11 +167,12 @@ async function cacheCommand(
 /** What the mirror's request handler is built from: upstream clients, metrics and security. */
 async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
   const metrics = new MirrorMetrics();
+  if (cache.store instanceof S3Store) cache.store.client.observe = metrics.storeRequest;
   const userAgent = `registry-mirror/${meta.version}`;
   const clients = new Map(
     [...config.registries.values()].map((r) => [
       r.name,
-      new UpstreamClient(r, { ...config.upstream, userAgent, metrics }),
+      new Upstreams(r, { ...config.upstream, userAgent, metrics }),
     ]),
   );
   metrics.collect(() => {
@@ -187,7 +189,7 @@ async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
     metrics.diskErrors.set({}, cache.diskErrors);
     metrics.passThrough.set({}, fills.passThrough);
     for (const [name, client] of clients) {
-      metrics.tokenFetches.set({ registry: name }, client.auth.tokenFetches);
+      metrics.tokenFetches.set({ registry: name }, client.tokenFetches);
     }
   });
   return {
@@ -212,13 +214,13 @@ async function serve(config: Config): Promise<number> {
   }
   const owned = await own(config.cache.dir);
   const cache = await Cache.open(config.cache, { clean: true });
-  const withCredentials = [...config.registries.values()].filter((r) => r.password !== undefined);
-  if (withCredentials.length > 0 && !config.auth) {
+  const credentialed = [...config.registries.values()].filter(withCredentials);
+  if (credentialed.length > 0 && !config.auth) {
     log.warn(
       "upstream credentials are configured for {registries} and clients are not authenticated: " +
         "every client that can reach this mirror can pull whatever those credentials can read " +
         'anonymously upstream; private repositories are refused until "auth" is configured',
-      { registries: withCredentials.map((r) => r.name) },
+      { registries: credentialed.map((r) => r.name) },
     );
   }
   let server;
@@ -273,4 +275,11 @@ async function healthcheck(config: Config): Promise<number> {
   return 1;
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+/** A store that cannot be opened (no such bucket, credentials refused) ends with the reason. */
+function storeUnavailable(e: unknown): number {
+  if (!(e instanceof StoreUnavailable)) throw e;
+  console.error(`registry-mirror: ${e.message}`);
+  return 1;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args).catch(storeUnavailable));

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Installs what registry-mirror's tests need on Debian 12: Deno (from npm) and the real registry
-# tooling (CNCF Distribution, skopeo, podman, containerd, dockerd). Safe to run again: it installs
-# only what is missing. `--tools` skips Deno (`deno task test` runs it so, from a Deno already
-# running, e.g. `npx -y deno@2.9.6 task test`).
+# Installs what registry-mirror's tests need on Debian 12: Deno (from npm), the real registry
+# tooling (CNCF Distribution, skopeo, podman, containerd, dockerd) and Ceph's RGW (a real S3, run by
+# scripts/rgw.sh). Safe to run again: it installs only what is missing. `--tools` skips Deno
+# (`deno task test` runs it so, from a Deno already running, e.g. `npx -y deno@2.9.6 task test`).
 set -euo pipefail
 
 DENO_VERSION=2.9.6
 PACKAGES=(docker-registry skopeo podman containerd docker.io busybox-static openssl curl ca-certificates
-  uidmap iptables runc conmon tar gzip nginx wrk chromium)
+  uidmap iptables runc conmon tar gzip nginx wrk chromium ceph-mon ceph-osd radosgw ceph-common)
 
 if [ "${1:-}" != "--tools" ]; then
   if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2)" != "$DENO_VERSION" ]; then

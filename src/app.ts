@@ -16,12 +16,13 @@ import { type Route, route } from "./route.ts";
 import type { ClientAuth } from "./security/client_auth.ts";
 import type { Limits } from "./security/limits.ts";
 import type { Policy } from "./security/policy.ts";
-import type { UpstreamClient } from "./upstream/client.ts";
+import { type Upstreams, withCredentials } from "./upstream/upstreams.ts";
 
 /** What the app is wired with in main.ts. */
 export interface AppDeps {
   config: Config;
-  clients: Map<string, UpstreamClient>;
+  /** Each registry's upstreams: its primary and fallbacks. */
+  clients: Map<string, Upstreams>;
   cache: Cache;
   metrics: MirrorMetrics;
   policy: Policy;
@@ -109,8 +110,8 @@ export function createApp(
       if (decided.kind !== "ops" && decided.kind !== "base") {
         const denied = deps.policy.check(decided.registry, decided.name);
         if (denied) throw denied;
-        const credentials = deps.config.registries.get(decided.registry)?.password !== undefined;
-        if (!deps.auth && !deps.operator && credentials) {
+        const registry = deps.config.registries.get(decided.registry);
+        if (!deps.auth && !deps.operator && registry && withCredentials(registry)) {
           await requirePublic(deps, ctx, decided.registry, decided.name, verdicts);
         }
       }

@@ -5,7 +5,7 @@ import { buildConfig } from "./config.ts";
 import { MirrorMetrics } from "./metrics.ts";
 import { Limits } from "./security/limits.ts";
 import { Policy } from "./security/policy.ts";
-import { UpstreamClient } from "./upstream/client.ts";
+import { Upstreams } from "./upstream/upstreams.ts";
 
 const TAG_TTL_MS = 5 * 60_000;
 
@@ -34,7 +34,7 @@ async function credentialedMirror(now: () => number) {
     return Promise.resolve(Response.json(error, { status: 404 }));
   };
   const registry = config.registries.get("reg.test")!;
-  const client = new UpstreamClient(registry, {
+  const client = new Upstreams(registry, {
     ...config.upstream,
     userAgent: "test",
     fetch: fetch as typeof globalThis.fetch,

@@ -5,7 +5,7 @@ import { buildConfig } from "./config.ts";
 import { MirrorMetrics } from "./metrics.ts";
 import { Limits } from "./security/limits.ts";
 import { Policy } from "./security/policy.ts";
-import { UpstreamClient } from "./upstream/client.ts";
+import { Upstreams } from "./upstream/upstreams.ts";
 
 /** A mirror with credentials for `reg.test`, whose upstream refuses every anonymous tags list. */
 async function privateUpstreamMirror(now: () => number) {
@@ -22,7 +22,7 @@ async function privateUpstreamMirror(now: () => number) {
     return Promise.resolve(new Response(null, { status: 401 }));
   };
   const registry = config.registries.get("reg.test")!;
-  const client = new UpstreamClient(registry, {
+  const client = new Upstreams(registry, {
     ...config.upstream,
     userAgent: "test",
     fetch: fetch as typeof globalThis.fetch,

@@ -14,6 +14,18 @@ export interface RegistryConfig {
   password?: string;
   /** Hosts besides the upstream's own registrable domain allowed to receive the credentials. */
   authRealms: string[];
+  /** Tried in order when the primary upstream fails (none when absent). */
+  fallbacks?: FallbackConfig[];
+}
+
+/** A fallback upstream of a registry, with its own credentials. */
+export interface FallbackConfig {
+  upstream: URL;
+  /** Take tags (and tag lists, referrers) from it; content by digest is always verified. */
+  trustTags: boolean;
+  username?: string;
+  password?: string;
+  authRealms: string[];
 }
 
 /** The validated, effective configuration. */
@@ -31,7 +43,11 @@ export interface Config {
     tagTtlMs: number;
     /** Cache size above which least-recently-used objects are evicted; undefined: no limit. */
     maxSizeBytes?: number;
+    /** Keep the cache in an S3 bucket; `dir` then holds only the spools of fills in flight. */
+    s3?: S3Config;
   };
+  /** Replicas sharing one bucket (validated only, for now). */
+  cluster?: { advertise?: URL; secret?: string; leaseTtlMs: number };
   upstream: { idleTimeoutMs: number; retries: number };
   /** Serve HTTPS (HTTP/2 by ALPN) with these PEM files, reloaded when they change. */
   tls?: { cert: string; key: string; reloadCheckMs: number };
@@ -54,6 +70,19 @@ export interface Config {
     /** Open client connections; undefined: derived from the descriptor limit when serving. */
     maxConnections?: number;
   };
+}
+
+/** The bucket the cache is kept in, credentials resolved (config, else AWS_* variables). */
+export interface S3Config {
+  endpoint: URL;
+  region: string;
+  bucket: string;
+  /** Prepended to every key: empty, or ending with "/". */
+  prefix: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  forcePathStyle: boolean;
+  redirect: boolean;
 }
 
 /** A configuration problem; the message is the one line printed at start. */
@@ -167,22 +196,66 @@ function parseUpstream(text: string): URL | undefined {
 
 const Listen = parsed(parseListen, 'expected "host:port" with a port 1-65535');
 
-const RegistryEntry = v.pipe(
-  strict({
-    upstream: v.optional(
-      parsed(parseUpstream, "expected an http(s) URL without query or credentials"),
-    ),
-    aliases: v.optional(list(ALIAS)),
-    username: v.optional(text),
-    password: v.optional(text),
-    passwordFile: v.optional(text),
-    authRealms: v.optional(list(HOSTNAME)),
-  }),
-  v.check(
+const Upstream = v.optional(
+  parsed(parseUpstream, "expected an http(s) URL without query or credentials"),
+);
+
+/** Keys an upstream's credentials are given with, in a registry and in each of its fallbacks. */
+const credentials = {
+  username: v.optional(text),
+  password: v.optional(text),
+  passwordFile: v.optional(text),
+  authRealms: v.optional(list(HOSTNAME)),
+};
+
+function oneSecret<T extends { password?: string; passwordFile?: string }>() {
+  return v.check<T, string>(
     (r) => r.password === undefined || r.passwordFile === undefined,
     "set password or passwordFile, not both",
-  ),
+  );
+}
+
+const FallbackEntry = v.pipe(
+  strict({
+    upstream: Upstream,
+    trustTags: v.optional(v.boolean(got("expected true or false")), false),
+    ...credentials,
+  }),
+  v.check((f) => f.upstream !== undefined, "each fallback needs an upstream"),
+  oneSecret(),
 );
+
+const RegistryEntry = v.pipe(
+  strict({
+    upstream: Upstream,
+    aliases: v.optional(list(ALIAS)),
+    ...credentials,
+    fallbacks: v.optional(v.array(FallbackEntry, got("expected an array of fallbacks"))),
+  }),
+  oneSecret(),
+);
+
+/** Where an S3 bucket is; credentials may come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. */
+const S3Entry = strict({
+  endpoint: v.optional(parsed(parseUpstream, "expected an http(s) URL")),
+  region: v.optional(text, "us-east-1"),
+  bucket: v.optional(text),
+  prefix: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(
+        /^$|^[\w-][\w.-]*(?:\/[\w-][\w.-]*)*\/?$/,
+        got('expected a key prefix like "mirror/"'),
+      ),
+      v.transform((p) => p === "" || p.endsWith("/") ? p : `${p}/`),
+    ),
+    "",
+  ),
+  accessKeyId: v.optional(text),
+  secretAccessKey: v.optional(text),
+  forcePathStyle: v.optional(v.boolean(got("expected true or false")), false),
+  redirect: v.optional(v.boolean(got("expected true or false")), false),
+});
 
 /** The config file: every key, its type, its default. */
 export const ConfigFileSchema = strict({
@@ -204,10 +277,26 @@ export const ConfigFileSchema = strict({
         maxSize: v.optional(
           parsed((t) => parseSize(t) || undefined, 'expected a size like "50GiB"'),
         ),
+        s3: v.optional(S3Entry),
       }),
-      v.transform((c) => ({ dir: c.dir, tagTtlMs: c.tagTtl, maxSizeBytes: c.maxSize })),
+      v.transform(({ dir, tagTtl, maxSize, s3 }) => ({
+        dir,
+        tagTtlMs: tagTtl,
+        maxSizeBytes: maxSize,
+        ...(s3 && { s3 }),
+      })),
     ),
     {},
+  ),
+  cluster: v.optional(
+    v.pipe(
+      strict({
+        advertise: v.optional(parsed(parseUpstream, "expected an http(s) URL")),
+        secret: v.optional(v.pipe(v.string(), v.regex(TOKEN, "expected 16 or more characters"))),
+        leaseTtl: duration("15s"),
+      }),
+      v.transform(({ leaseTtl, ...rest }) => ({ ...rest, leaseTtlMs: leaseTtl })),
+    ),
   ),
   upstream: v.optional(
     v.pipe(
@@ -327,13 +416,34 @@ export function buildConfig(raw: unknown, sources: ConfigSources): Config {
     registries,
     aliases,
     hosts,
-    cache: file.cache,
+    cache: cacheConfig(file.cache, env),
+    cluster: file.cluster,
     upstream: file.upstream,
     tls: file.tls,
     auth,
     policy: file.policy,
     limits: file.limits,
   };
+}
+
+/** The cache's settings; a bucket's credentials from the environment when the file has none. */
+function cacheConfig(
+  { s3, ...cache }: v.InferOutput<typeof ConfigFileSchema>["cache"],
+  env: ConfigSources["env"],
+): Config["cache"] {
+  if (!s3) return cache;
+  const { bucket } = s3;
+  if (bucket === undefined) throw new ConfigError("config: cache.s3.bucket: required");
+  const accessKeyId = s3.accessKeyId ?? env.AWS_ACCESS_KEY_ID;
+  const secretAccessKey = s3.secretAccessKey ?? env.AWS_SECRET_ACCESS_KEY;
+  if (!accessKeyId || !secretAccessKey) {
+    throw new ConfigError(
+      "config: cache.s3: set accessKeyId and secretAccessKey (or the environment variables " +
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    );
+  }
+  const endpoint = s3.endpoint ?? new URL(`https://s3.${s3.region}.amazonaws.com`);
+  return { ...cache, s3: { ...s3, bucket, endpoint, accessKeyId, secretAccessKey } };
 }
 
 /** Runs `schema` on `input`; the first issue becomes a one-line ConfigError naming its key path. */
@@ -359,7 +469,7 @@ function mergeRegistries(
 ): Map<string, RegistryConfig> {
   const result = new Map<string, RegistryConfig>();
   for (const [name, [upstream, aliases, authRealms]] of Object.entries(DEFAULT_REGISTRIES)) {
-    result.set(name, { name, upstream: new URL(upstream), aliases, authRealms });
+    result.set(name, { name, upstream: new URL(upstream), aliases, authRealms, fallbacks: [] });
   }
   for (const [name, entry] of Object.entries(entries)) {
     if (entry === false) {
@@ -377,6 +487,17 @@ function mergeRegistries(
     const password = entry.passwordFile === undefined
       ? entry.password
       : readFile(sources, entry.passwordFile, `${key}.passwordFile`).trim();
+    const fallbacks = entry.fallbacks?.map((f, i): FallbackConfig => {
+      const where = `${key}.fallbacks[${i}]`;
+      const secret = f.passwordFile === undefined
+        ? f.password
+        : readFile(sources, f.passwordFile, `${where}.passwordFile`).trim();
+      if ((f.username === undefined) !== (secret === undefined)) {
+        throw new ConfigError(`config: ${where}: username and password must be set together`);
+      }
+      const { upstream, trustTags, username, authRealms = [] } = f;
+      return { upstream: upstream!, trustTags, username, password: secret, authRealms };
+    });
     result.set(name, {
       name,
       upstream,
@@ -384,6 +505,7 @@ function mergeRegistries(
       authRealms: entry.authRealms ?? base?.authRealms ?? [],
       username: entry.username,
       password,
+      fallbacks: fallbacks ?? base?.fallbacks ?? [],
     });
   }
   const hub = result.get("docker.io");
@@ -411,10 +533,32 @@ export function describeConfig(config: Config): Record<string, unknown> {
         aliases: r.aliases,
         authRealms: r.authRealms,
         ...(r.username !== undefined ? { username: r.username, password: "***" } : {}),
+        ...(r.fallbacks?.length
+          ? {
+            fallbacks: r.fallbacks.map((f) => ({
+              upstream: f.upstream.href,
+              trustTags: f.trustTags,
+              authRealms: f.authRealms,
+              ...(f.username !== undefined ? { username: f.username, password: "***" } : {}),
+            })),
+          }
+          : {}),
       }]),
     ),
     hosts: Object.fromEntries(config.hosts),
-    cache: config.cache,
+    cache: {
+      ...config.cache,
+      s3: config.cache.s3 && {
+        ...config.cache.s3,
+        endpoint: config.cache.s3.endpoint.href,
+        secretAccessKey: "***",
+      },
+    },
+    cluster: config.cluster && {
+      ...config.cluster,
+      advertise: config.cluster.advertise?.href,
+      secret: config.cluster.secret && "***",
+    },
     upstream: config.upstream,
     tls: config.tls,
     auth: config.auth && {

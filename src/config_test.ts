@@ -1,5 +1,11 @@
 import { deepEqual, equal, throws } from "node:assert/strict";
-import { buildConfig, ConfigError, DEFAULT_REGISTRIES, loadConfig } from "./config.ts";
+import {
+  buildConfig,
+  ConfigError,
+  DEFAULT_REGISTRIES,
+  describeConfig,
+  loadConfig,
+} from "./config.ts";
 
 const files: Record<string, string> = { "/secret": "s3cret\n" };
 const sources = (env: Record<string, string> = {}) => ({
@@ -144,7 +150,83 @@ const BAD: [unknown, string][] = [
   [{ auth: { tokensFile: "/missing" } }, 'config: auth.tokensFile: cannot read "/missing"'],
   [{ policy: { deny: ["nope"] } }, 'config: policy.deny: invalid entry "nope"'],
   [{ limits: { clientRate: 1.5 } }, "config: limits.clientRate: expected an integer >= 0, got 1.5"],
+  [
+    { registries: { "docker.io": { fallbacks: { upstream: "https://x" } } } },
+    "registries.docker.io.fallbacks: expected an array of fallbacks, got",
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ trustTags: true }] } } },
+    "registries.docker.io.fallbacks: each fallback needs an upstream",
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ upstream: "ftp://x" }] } } },
+    "registries.docker.io.fallbacks.upstream: expected an http(s) URL",
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ upstream: "https://x", trustTags: "yes" }] } } },
+    'registries.docker.io.fallbacks.trustTags: expected true or false, got "yes"',
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ upstream: "https://x", trust: true }] } } },
+    "registries.docker.io.fallbacks.trust: unknown key (allowed: upstream, trustTags, username,",
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ upstream: "https://x" }, { password: "p" }] } } },
+    "each fallback needs an upstream",
+  ],
+  [
+    { registries: { "docker.io": { fallbacks: [{ upstream: "https://x", username: "u" }] } } },
+    "registries.docker.io.fallbacks[0]: username and password must be set together",
+  ],
+  [
+    {
+      registries: {
+        "docker.io": {
+          fallbacks: [{ upstream: "https://x", username: "u", password: "p", passwordFile: "/s" }],
+        },
+      },
+    },
+    "registries.docker.io.fallbacks: set password or passwordFile, not both",
+  ],
 ];
+
+Deno.test("config: fallbacks in order, each with its own credentials; secrets masked", () => {
+  const config = buildConfig({
+    registries: {
+      "docker.io": {
+        fallbacks: [
+          { upstream: "https://mirror.gcr.io", trustTags: true },
+          {
+            upstream: "https://hub-copy.internal.example/v2/",
+            username: "copy",
+            passwordFile: "/secret",
+            authRealms: ["auth.internal.example"],
+          },
+        ],
+      },
+    },
+  }, sources({ DOCKER_HUB_USERNAME: "hubuser", DOCKER_HUB_PASSWORD: "hubpass" }));
+  const hub = config.registries.get("docker.io")!;
+  deepEqual(hub.fallbacks?.map((f) => [f.upstream.href, f.trustTags, f.username, f.password]), [
+    ["https://mirror.gcr.io/", true, undefined, undefined],
+    ["https://hub-copy.internal.example/", false, "copy", "s3cret"],
+  ]);
+  deepEqual(hub.fallbacks?.[1].authRealms, ["auth.internal.example"]);
+  equal(hub.password, "hubpass", "the environment's credentials are the primary's only");
+  deepEqual(config.registries.get("quay.io")!.fallbacks, []);
+  const described = describeConfig(config).registries as Record<string, Record<string, unknown>>;
+  deepEqual(described["docker.io"].fallbacks, [
+    { upstream: "https://mirror.gcr.io/", trustTags: true, authRealms: [] },
+    {
+      upstream: "https://hub-copy.internal.example/",
+      trustTags: false,
+      authRealms: ["auth.internal.example"],
+      username: "copy",
+      password: "***",
+    },
+  ]);
+  equal("fallbacks" in described["quay.io"], false);
+});
 
 Deno.test("config: connection timeouts and the connection cap under limits", () => {
   const defaults = loadConfig(undefined, sources()).limits;
@@ -186,4 +268,56 @@ Deno.test("config: unreadable file and invalid JSON name the file", () => {
   throws(() => loadConfig("/nope.json", sources()), /cannot read \/nope\.json/);
   files["/bad.json"] = "{ nope";
   throws(() => loadConfig("/bad.json", sources()), /\/bad\.json is not valid JSON/);
+});
+
+Deno.test("config: cache.s3 and cluster; keys from the file, else AWS_*; secrets masked", () => {
+  const file = {
+    cache: {
+      dir: "/spools",
+      s3: { endpoint: "http://127.0.0.1:7480", bucket: "mirror", prefix: "prod", redirect: true },
+    },
+    cluster: { advertise: "http://10.0.0.5:8080", secret: "s".repeat(32) },
+  };
+  const env = { AWS_ACCESS_KEY_ID: "AKIAENV", AWS_SECRET_ACCESS_KEY: "env-secret" };
+  const config = buildConfig(file, sources(env));
+  deepEqual(config.cache.s3, {
+    endpoint: new URL("http://127.0.0.1:7480"),
+    region: "us-east-1",
+    bucket: "mirror",
+    prefix: "prod/",
+    accessKeyId: "AKIAENV",
+    secretAccessKey: "env-secret",
+    forcePathStyle: false,
+    redirect: true,
+  });
+  deepEqual(config.cluster, {
+    advertise: new URL("http://10.0.0.5:8080"),
+    secret: "s".repeat(32),
+    leaseTtlMs: 15_000,
+  });
+  const own = buildConfig({
+    cache: {
+      s3: { bucket: "b", region: "eu-west-1", accessKeyId: "AKIAFILE", secretAccessKey: "file" },
+    },
+  }, sources(env));
+  deepEqual(
+    [own.cache.s3?.endpoint.href, own.cache.s3?.accessKeyId, own.cache.s3?.secretAccessKey],
+    ["https://s3.eu-west-1.amazonaws.com/", "AKIAFILE", "file"],
+  );
+  const described = JSON.stringify(describeConfig(config));
+  equal(described.includes("env-secret") || described.includes("s".repeat(32)), false);
+  equal(described.includes('"accessKeyId":"AKIAENV"'), true);
+  for (
+    const [raw, message] of [
+      [{ cache: { s3: { bucket: "b" } } }, "cache.s3: set accessKeyId and secretAccessKey"],
+      [{ cache: { s3: {} } }, "cache.s3.bucket: required"],
+      [{ cache: { s3: { bucket: "b", prefix: "../x" } } }, "cache.s3.prefix: expected a key"],
+      [{ cache: { s3: { bucket: "b", endpoint: "s3.local" } } }, "cache.s3.endpoint: expected"],
+      [{ cache: { s3: { bucket: "b", pathStyle: true } } }, "cache.s3.pathStyle: unknown key"],
+      [{ cluster: { secret: "short" } }, "cluster.secret: expected 16 or more characters"],
+      [{ cluster: { leaseTtl: "0s" } }, 'cluster.leaseTtl: expected a duration like "15s"'],
+    ] as const
+  ) {
+    throws(() => buildConfig(raw, sources()), (e: Error) => e.message.includes(message), message);
+  }
 });

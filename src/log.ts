@@ -33,6 +33,8 @@ export interface RequestRecord {
   /** Body bytes sent: counted for blobs followed during a fill, else the Content-Length. */
   bytes?: number;
   upstreamStatus?: number;
+  /** The upstream (`host[:port]`, the primary or a fallback) that answered last. */
+  via?: string;
   /** X-Cache: HIT, MISS or STALE. */
   cache?: string;
   /** Body bytes read from upstream. */

@@ -56,6 +56,25 @@ export interface UpstreamFailure {
   message: string;
 }
 
+/** One upstream of a registry (the primary or a fallback) and its circuit breaker's state. */
+export interface UpstreamStatus {
+  registry: string;
+  /** `host[:port]`: the `via` of its answers. */
+  upstream: string;
+  url: string;
+  role: "primary" | "fallback";
+  trustTags: boolean;
+  /** See BreakerState: up, failing, skipped (until `skippedUntil`), half-open. */
+  state: "up" | "failing" | "skipped" | "half-open";
+  /** Failures in a row. */
+  failures: number;
+  skippedUntil: string | null;
+  lastError: string | null;
+}
+
+/** The states an upstream can be in, one gauge series each. */
+const UPSTREAM_STATES = ["up", "failing", "skipped", "half-open"] as const;
+
 const RECENT_ERRORS = 20;
 /** Images whose pulls are counted: the dashboard shows 10, images in use stay; ~2 MB. */
 const MAX_PULLED_IMAGES = 10_000;
@@ -130,6 +149,41 @@ export class MirrorMetrics {
     labelNames: ["registry"],
     registers: [this.registry],
   });
+  readonly upstreamAnswers: Counter<"registry" | "upstream" | "role" | "outcome"> = new Counter({
+    name: "registry_mirror_upstream_answers_total",
+    help: "What each upstream (primary or fallback) did with the requests it was given: " +
+      "answered, failed (no answer, 5xx, 429), skipped (in cool-down), refused (a fallback's " +
+      "non-success), corrupt (content that did not match its digest).",
+    labelNames: ["registry", "upstream", "role", "outcome"],
+    registers: [this.registry],
+  });
+  readonly upstreamState: Gauge<"registry" | "upstream" | "role" | "state"> = new Gauge({
+    name: "registry_mirror_upstream_state",
+    help:
+      "1 for the state each upstream is in (up, failing, skipped, half-open), 0 for the others.",
+    labelNames: ["registry", "upstream", "role", "state"],
+    registers: [this.registry],
+  });
+  readonly storeRequests: Counter<"operation" | "status"> = new Counter({
+    name: "registry_mirror_store_requests_total",
+    help: "Requests to the S3 store, by operation (GetObject, PutObject...) and status (0: no " +
+      "answer).",
+    labelNames: ["operation", "status"],
+    registers: [this.registry],
+  });
+  readonly storeErrors: Counter<"operation"> = new Counter({
+    name: "registry_mirror_store_errors_total",
+    help: "Requests to the S3 store that failed: no answer, or an error status other than 404.",
+    labelNames: ["operation"],
+    registers: [this.registry],
+  });
+  readonly storeLatency: Histogram<"operation"> = new Histogram({
+    name: "registry_mirror_store_request_duration_seconds",
+    help: "Time from sending a request to the S3 store to its response headers, by operation.",
+    labelNames: ["operation"],
+    buckets: UPSTREAM_BUCKETS,
+    registers: [this.registry],
+  });
   readonly rateLimitRemaining: Gauge<"registry"> = new Gauge({
     name: "registry_mirror_upstream_ratelimit_remaining",
     help: "The last ratelimit-remaining an upstream sent, per registry.",
@@ -183,11 +237,37 @@ export class MirrorMetrics {
   readonly pulls = new LRUCache<string, number>({ max: MAX_PULLED_IMAGES });
   readonly recentErrors: UpstreamFailure[] = [];
   readonly #collectors: (() => void)[] = [];
+  readonly #upstreams: (() => UpstreamStatus[])[] = [];
 
   constructor() {
     // Absent until set (no limit): prom-client starts an unlabelled gauge at 0.
     this.cacheMaxSize.remove({});
+    this.collect(() => {
+      for (const s of this.upstreamStatuses()) {
+        for (const state of UPSTREAM_STATES) {
+          const labels = { registry: s.registry, upstream: s.upstream, role: s.role, state };
+          this.upstreamState.set(labels, s.state === state ? 1 : 0);
+        }
+      }
+    });
   }
+
+  /** Registers where the state of some registry's upstreams is read from. */
+  watchUpstreams(fn: () => UpstreamStatus[]): void {
+    this.#upstreams.push(fn);
+  }
+
+  /** Every upstream of every registry, and its state now. */
+  upstreamStatuses(): UpstreamStatus[] {
+    return this.#upstreams.flatMap((fn) => fn());
+  }
+
+  /** Counts a request to the S3 store (an S3Observer). */
+  readonly storeRequest = (operation: string, status: number, seconds: number): void => {
+    this.storeRequests.inc({ operation, status: String(status) });
+    this.storeLatency.observe({ operation }, seconds);
+    if (status === 0 || (status >= 400 && status !== 404)) this.storeErrors.inc({ operation });
+  };
 
   /** Registers a callback that sets values from live state before each render. */
   collect(fn: () => void): void {

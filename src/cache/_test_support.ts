@@ -2,10 +2,13 @@
 
 import { equal } from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { emptyPrefix, RGW_TOOLS, s3Settings } from "../../tests/fixtures/rgw.ts";
+import { skipUnless } from "../../tests/fixtures/tools.ts";
 import { Cache } from "./cache.ts";
 import { FsStore } from "./fs_store.ts";
 import type { OpenUpstream } from "./fills.ts";
-import type { Spool, Store } from "./store.ts";
+import { S3Store } from "./s3_store.ts";
+import type { ObjectKind, Spool, Store } from "./store.ts";
 
 /** Where a fill test's blob comes from. */
 export const ORIGIN = { registry: "docker.io", repository: "library/alpine" };
@@ -68,6 +71,108 @@ export async function tempStore(): Promise<
     dir,
     store,
     [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** A store under test, with a way underneath it to what it stored. */
+export interface TempStore {
+  /** The cache directory (all of the cache on fs; only the spools on s3). */
+  dir: string;
+  store: Store;
+  /** The stored bytes of an object, read behind the store's back; undefined when absent. */
+  raw(kind: ObjectKind, digest: string): Promise<Uint8Array | undefined>;
+  /** Replaces the stored bytes of an object behind the store's back. */
+  overwrite(kind: ObjectKind, digest: string, bytes: Uint8Array<ArrayBuffer>): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Where a store under test keeps its content: a directory, or a real S3 (Ceph RGW). */
+export interface Backend {
+  name: "fs" | "s3";
+  /** Set when the backend cannot run here (RGW not installed, outside CI). */
+  ignore: boolean;
+  tempStore(): Promise<TempStore>;
+}
+
+const FS_BACKEND: Backend = {
+  name: "fs",
+  ignore: false,
+  async tempStore() {
+    const t = await tempStore();
+    const path = (kind: ObjectKind, digest: string) =>
+      `${t.dir}/${kind === "blob" ? "blobs" : "manifests"}/${digest.replace(":", "/")}`;
+    return {
+      ...t,
+      raw: (kind, digest) => Deno.readFile(path(kind, digest)).catch(() => undefined),
+      overwrite: (kind, digest, bytes) => Deno.writeFile(path(kind, digest), bytes),
+    };
+  },
+};
+
+const S3_BACKEND: Backend = {
+  name: "s3",
+  ...skipUnless(RGW_TOOLS),
+  async tempStore() {
+    const dir = await Deno.makeTempDir({ prefix: "registry-mirror-s3-test-" });
+    const s3 = await s3Settings();
+    const store = await S3Store.open({ dir, s3 }, { clean: true });
+    const key = (kind: ObjectKind, digest: string) =>
+      `${s3.prefix}${kind === "blob" ? "blobs" : "manifests"}/${digest.replace(":", "/")}`;
+    return {
+      dir,
+      store,
+      async raw(kind, digest) {
+        const response = await store.client.send("GetObject", "GET", key(kind, digest), {
+          expect: [200, 404],
+        });
+        if (response.status === 404) {
+          await response.body?.cancel();
+          return undefined;
+        }
+        return new Uint8Array(await response.arrayBuffer());
+      },
+      async overwrite(kind, digest, body) {
+        await (await store.client.send("PutObject", "PUT", key(kind, digest), { body })).body
+          ?.cancel();
+      },
+      async [Symbol.asyncDispose]() {
+        await emptyPrefix(s3);
+        await Deno.remove(dir, { recursive: true });
+      },
+    };
+  },
+};
+
+/** The backends every store and cache test runs on. */
+export const BACKENDS: Backend[] = [FS_BACKEND, S3_BACKEND];
+
+/** Registers `fn` as one test per backend, named `name [backend]`. */
+export function storeTest(name: string, fn: (backend: Backend) => Promise<void>): void {
+  for (const backend of BACKENDS) {
+    Deno.test({ name: `${name} [${backend.name}]`, ignore: backend.ignore, fn: () => fn(backend) });
+  }
+}
+
+/** A Cache over a temp store of `backend`, with an injectable clock; `wrap` adds faults. */
+export async function tempCacheOn(
+  backend: Backend,
+  options: { maxSizeBytes?: number; now?: () => number; wrap?: (store: Store) => Store } = {},
+): Promise<TempStore & { cache: Cache }> {
+  const temp = await backend.tempStore();
+  const store = options.wrap ? options.wrap(temp.store) : temp.store;
+  const cache = new Cache(
+    store,
+    { dir: temp.dir, tagTtlMs: 60_000, maxSizeBytes: options.maxSizeBytes },
+    options.now,
+  );
+  return {
+    ...temp,
+    store: temp.store,
+    cache,
+    [Symbol.asyncDispose]: async () => {
+      await cache.eviction.close();
+      await temp[Symbol.asyncDispose]();
+    },
   };
 }
 

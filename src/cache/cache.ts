@@ -11,7 +11,7 @@ import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
 import { Eviction } from "./eviction.ts";
 import type { Fill } from "./fill.ts";
 import { Fills, type OpenUpstream } from "./fills.ts";
-import { FsStore } from "./fs_store.ts";
+import { openStore } from "./open_store.ts";
 import { SingleFlight } from "./singleflight.ts";
 import type { OpenedBlob, Store, TagRecord } from "./store.ts";
 
@@ -73,12 +73,16 @@ export class Cache {
   }
 
   /**
-   * Opens the filesystem cache; the eviction index is rebuilt in the background. Only the
-   * serving process opens it this way (`clean` removes a crash's leftovers, and it evicts).
+   * Opens the configured cache (directory or bucket); the eviction index is rebuilt in the
+   * background. Only the serving process opens it this way (`clean` removes a crash's leftovers,
+   * and it evicts).
    */
   static async open(settings: Config["cache"], options = { clean: false }): Promise<Cache> {
-    const cache = new Cache(await FsStore.open(settings.dir, options), settings);
-    cache.loaded = cache.eviction.load();
+    const cache = new Cache(await openStore(settings, options), settings);
+    // A store that cannot be listed now (a bucket unreachable) must not end the process.
+    cache.loaded = cache.eviction.load().catch((e) =>
+      log.error("cannot index the cache for eviction: {error}", { error: String(e?.message ?? e) })
+    );
     return cache;
   }
 

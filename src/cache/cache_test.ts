@@ -5,13 +5,14 @@ import { RegistryError } from "../oci/errors.ts";
 import {
   assertBody,
   enospc,
-  exists,
   hasBlob,
   patterned,
   putBlob,
   readAll,
   sha256,
+  storeTest,
   tempCache,
+  tempCacheOn,
   withFaults,
 } from "./_test_support.ts";
 import type { Cache, Manifest } from "./cache.ts";
@@ -47,9 +48,9 @@ function manifestOf(bytes: Uint8Array<ArrayBuffer>): Manifest {
   return { digest, mediaType: parsed.mediaType, bytes, parsed };
 }
 
-Deno.test("cache: openBlob pins the blob before opening it", async () => {
+storeTest("cache: openBlob pins the blob before opening it", async (b) => {
   const late: { cache?: Cache } = {};
-  await using t = await tempCache({
+  await using t = await tempCacheOn(b, {
     wrap: (store) =>
       withFaults(store, {
         // An eviction pass runs between the lookup and the open.
@@ -61,21 +62,21 @@ Deno.test("cache: openBlob pins the blob before opening it", async () => {
   });
   late.cache = t.cache;
   const bytes = patterned(100_000, 21);
-  const digest = await putBlob(t.fs, bytes);
+  const digest = await putBlob(t.store, bytes);
   t.cache.eviction.added("blob", digest, bytes.length);
   const blob = await t.cache.openBlob(digest);
   ok(blob, "the blob survived the eviction pass");
   await t.cache.eviction.evictTo(0);
-  ok(await hasBlob(t.fs, digest), "an open blob is not evicted");
+  ok(await hasBlob(t.store, digest), "an open blob is not evicted");
   assertBody(await readAll(blob.stream()), bytes);
   blob.release();
   await t.cache.eviction.evictTo(0);
-  equal(await hasBlob(t.fs, digest), false);
+  equal(await hasBlob(t.store, digest), false);
   equal(t.cache.eviction.stats().objects, 0);
 });
 
-Deno.test("cache: openBlob of a missing blob releases its pin", async () => {
-  await using t = await tempCache();
+storeTest("cache: openBlob of a missing blob releases its pin", async (b) => {
+  await using t = await tempCacheOn(b);
   const digest = sha256(patterned(10, 22));
   t.cache.eviction.added("blob", digest, 10); // indexed, but not on disk
   equal(await t.cache.openBlob(digest), undefined);
@@ -83,36 +84,39 @@ Deno.test("cache: openBlob of a missing blob releases its pin", async () => {
   equal(t.cache.eviction.stats().objects, 0, "an unpinned entry is evicted");
 });
 
-Deno.test("cache: keepManifest, keepTag and addLink count disk errors instead of throwing", async () => {
-  await using t = await tempCache({
-    wrap: (store) =>
-      withFaults(store, {
-        putManifest: () => Promise.reject(enospc()),
-        putTag: () => Promise.reject(enospc()),
-        addLink: () => Promise.reject(enospc()),
-      }),
-  });
-  const manifest = manifestOf(LIST_BYTES);
-  const writes: [string, () => Promise<void>][] = [
-    ["keepManifest", () => t.cache.keepManifest("docker.io", "library/alpine", manifest)],
-    ["keepTag", () => t.cache.keepTag("docker.io", "library/alpine", "3.20", RECORD)],
-    ["addLink", () => t.cache.addLink("docker.io", "library/alpine", RECORD.digest)],
-  ];
-  for (const [name, write] of writes) {
-    const before = t.cache.diskErrors;
-    await write(); // resolves: a handler then serves the content uncached (no 500)
-    ok(t.cache.diskErrors > before, `${name} counts a disk error`);
-    equal(t.cache.lastDiskError, enospc().message);
-  }
-  equal(t.cache.eviction.stats().objects, 0, "a manifest not stored is not indexed");
-  equal(await t.cache.manifest(manifest.digest), undefined);
-  equal(await t.cache.tag("docker.io", "library/alpine", "3.20"), undefined);
-  equal(await t.cache.writeProblem(), undefined);
-  equal(t.cache.lastDiskError, undefined, "a successful probe clears the last disk error");
-});
+storeTest(
+  "cache: keepManifest, keepTag and addLink count disk errors instead of throwing",
+  async (b) => {
+    await using t = await tempCacheOn(b, {
+      wrap: (store) =>
+        withFaults(store, {
+          putManifest: () => Promise.reject(enospc()),
+          putTag: () => Promise.reject(enospc()),
+          addLink: () => Promise.reject(enospc()),
+        }),
+    });
+    const manifest = manifestOf(LIST_BYTES);
+    const writes: [string, () => Promise<void>][] = [
+      ["keepManifest", () => t.cache.keepManifest("docker.io", "library/alpine", manifest)],
+      ["keepTag", () => t.cache.keepTag("docker.io", "library/alpine", "3.20", RECORD)],
+      ["addLink", () => t.cache.addLink("docker.io", "library/alpine", RECORD.digest)],
+    ];
+    for (const [name, write] of writes) {
+      const before = t.cache.diskErrors;
+      await write(); // resolves: a handler then serves the content uncached (no 500)
+      ok(t.cache.diskErrors > before, `${name} counts a disk error`);
+      equal(t.cache.lastDiskError, enospc().message);
+    }
+    equal(t.cache.eviction.stats().objects, 0, "a manifest not stored is not indexed");
+    equal(await t.cache.manifest(manifest.digest), undefined);
+    equal(await t.cache.tag("docker.io", "library/alpine", "3.20"), undefined);
+    equal(await t.cache.writeProblem(), undefined);
+    equal(t.cache.lastDiskError, undefined, "a successful probe clears the last disk error");
+  },
+);
 
-Deno.test("cache: keepManifest stores, indexes and links the manifest", async () => {
-  await using t = await tempCache();
+storeTest("cache: keepManifest stores, indexes and links the manifest", async (b) => {
+  await using t = await tempCacheOn(b);
   const manifest = manifestOf(LIST_BYTES);
   await t.cache.keepManifest("docker.io", "library/alpine", manifest);
   equal(t.cache.diskErrors, 0);
@@ -127,10 +131,10 @@ Deno.test("cache: keepManifest stores, indexes and links the manifest", async ()
   deepEqual(await t.cache.tag("docker.io", "library/alpine", "3.20"), RECORD);
 });
 
-Deno.test("cache: manifest() takes the media type from the manifest's bytes", async () => {
-  await using t = await tempCache();
+storeTest("cache: manifest() takes the media type from the manifest's bytes", async (b) => {
+  await using t = await tempCacheOn(b);
   const digest = sha256(LIST_BYTES);
-  await t.fs.putManifest(digest, LIST_BYTES);
+  await t.store.putManifest(digest, LIST_BYTES);
   const found = await t.cache.manifest(digest);
   ok(found);
   equal(found.mediaType, DOCKER_MANIFEST_LIST);
@@ -139,13 +143,13 @@ Deno.test("cache: manifest() takes the media type from the manifest's bytes", as
   equal(found.parsed.manifests?.[0].digest, RECORD.digest);
 });
 
-Deno.test("cache: a cached manifest that is not a valid manifest is dropped", async () => {
-  await using t = await tempCache();
+storeTest("cache: a cached manifest that is not a valid manifest is dropped", async (b) => {
+  await using t = await tempCacheOn(b);
   const bytes = encode({ hello: "world" });
   const digest = sha256(bytes);
-  await t.fs.putManifest(digest, bytes);
+  await t.store.putManifest(digest, bytes);
   equal(await t.cache.manifest(digest), undefined);
-  equal(await exists(`${t.dir}/manifests/sha256/${digest.slice(7)}`), false);
+  equal(await t.raw("manifest", digest), undefined);
 });
 
 Deno.test("cache: a paused tag stays paused until the injected clock passes the pause", async () => {

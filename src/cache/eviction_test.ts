@@ -5,7 +5,7 @@ import {
   patterned,
   putBlob,
   sha256,
-  tempStore,
+  storeTest,
   withFaults,
 } from "./_test_support.ts";
 import { Eviction } from "./eviction.ts";
@@ -49,8 +49,8 @@ async function addBlobs(
   return digests;
 }
 
-Deno.test("eviction: evicts least recently added first, by the injected clock", async () => {
-  await using t = await tempStore();
+storeTest("eviction: evicts least recently added first, by the injected clock", async (backend) => {
+  await using t = await backend.tempStore();
   const { store, deleted } = recording(t.store);
   const time = clock();
   const eviction = new Eviction(store, undefined, time.now);
@@ -64,8 +64,8 @@ Deno.test("eviction: evicts least recently added first, by the injected clock", 
   deepEqual(eviction.stats(), { objects: 1, bytes: 100, reserved: 0, evictions: 2 });
 });
 
-Deno.test("eviction: a hit (touched) moves an object to the back of the line", async () => {
-  await using t = await tempStore();
+storeTest("eviction: a hit (touched) moves an object to the back of the line", async (backend) => {
+  await using t = await backend.tempStore();
   const { store, deleted } = recording(t.store);
   const time = clock();
   const eviction = new Eviction(store, undefined, time.now);
@@ -77,8 +77,8 @@ Deno.test("eviction: a hit (touched) moves an object to the back of the line", a
   ok(await hasBlob(t.store, a));
 });
 
-Deno.test("eviction: pinned objects are skipped until released", async () => {
-  await using t = await tempStore();
+storeTest("eviction: pinned objects are skipped until released", async (backend) => {
+  await using t = await backend.tempStore();
   const { store, deleted } = recording(t.store);
   const time = clock();
   const eviction = new Eviction(store, undefined, time.now);
@@ -98,33 +98,36 @@ Deno.test("eviction: pinned objects are skipped until released", async () => {
   deepEqual(eviction.stats(), { objects: 0, bytes: 0, reserved: 0, evictions: 3 });
 });
 
-Deno.test("eviction: a reservation counts against maxSize and triggers eviction", async () => {
-  await using t = await tempStore();
-  const { store, deleted } = recording(t.store);
-  const time = clock();
-  const eviction = new Eviction(store, 1000, time.now);
-  await eviction.load();
-  try {
-    const [a, b, c] = await addBlobs(store, eviction, time, 3, 300);
-    await eviction.settled();
-    deepEqual(deleted, [], "900 of 1000 bytes: nothing to evict");
-    const release = eviction.reserve(200);
-    await eviction.settled();
-    // 1100 > 1000: down to 90% (900), reservation included.
-    deepEqual(deleted, [a]);
-    deepEqual(eviction.stats(), { objects: 2, bytes: 600, reserved: 200, evictions: 1 });
-    release();
-    release();
-    deepEqual(eviction.stats(), { objects: 2, bytes: 600, reserved: 0, evictions: 1 });
-    ok(await hasBlob(t.store, b));
-    ok(await hasBlob(t.store, c));
-  } finally {
-    await eviction.close();
-  }
-});
+storeTest(
+  "eviction: a reservation counts against maxSize and triggers eviction",
+  async (backend) => {
+    await using t = await backend.tempStore();
+    const { store, deleted } = recording(t.store);
+    const time = clock();
+    const eviction = new Eviction(store, 1000, time.now);
+    await eviction.load();
+    try {
+      const [a, b, c] = await addBlobs(store, eviction, time, 3, 300);
+      await eviction.settled();
+      deepEqual(deleted, [], "900 of 1000 bytes: nothing to evict");
+      const release = eviction.reserve(200);
+      await eviction.settled();
+      // 1100 > 1000: down to 90% (900), reservation included.
+      deepEqual(deleted, [a]);
+      deepEqual(eviction.stats(), { objects: 2, bytes: 600, reserved: 200, evictions: 1 });
+      release();
+      release();
+      deepEqual(eviction.stats(), { objects: 2, bytes: 600, reserved: 0, evictions: 1 });
+      ok(await hasBlob(t.store, b));
+      ok(await hasBlob(t.store, c));
+    } finally {
+      await eviction.close();
+    }
+  },
+);
 
-Deno.test("eviction: nothing is evicted before the index is loaded", async () => {
-  await using t = await tempStore();
+storeTest("eviction: nothing is evicted before the index is loaded", async (backend) => {
+  await using t = await backend.tempStore();
   const { store, deleted } = recording(t.store);
   const time = clock();
   const eviction = new Eviction(store, 100, time.now);
@@ -133,79 +136,86 @@ Deno.test("eviction: nothing is evicted before the index is loaded", async () =>
   deepEqual(deleted, []);
 });
 
-Deno.test("eviction: load() indexes the store and evicts the oldest down to 90% of maxSize", async () => {
-  await using t = await tempStore();
-  const { store, deleted } = recording(t.store);
-  const digests: string[] = [];
-  for (let i = 0; i < 10; i++) {
-    const bytes = patterned(100, 200 + i);
-    const kind = i % 2 === 0 ? "blob" : "manifest";
-    const digest = kind === "blob"
-      ? await putBlob(store, bytes)
-      : await putManifestBytes(store, bytes);
-    // Access times out of creation order: object i was last used at 10_000 - i seconds.
-    await store.touch(kind, digest, 1_700_000_000_000 - i * 1000);
-    digests.push(digest);
-  }
-  const eviction = new Eviction(store, 950);
-  try {
-    await eviction.load();
-    await eviction.settled();
-    // 1000 > 950: evicted down to 855 (not merely to 950), the two least recently used.
-    deepEqual(deleted, [digests[9], digests[8]]);
-    deepEqual(eviction.stats(), { objects: 8, bytes: 800, reserved: 0, evictions: 2 });
-    equal(await store.getManifest(digests[9]), undefined);
-    equal(await hasBlob(t.store, digests[8]), false);
-    ok(await hasBlob(t.store, digests[0]));
-  } finally {
-    await eviction.close();
-  }
-});
+storeTest(
+  "eviction: load() indexes the store and evicts the oldest down to 90% of maxSize",
+  async (backend) => {
+    await using t = await backend.tempStore();
+    const { store, deleted } = recording(t.store);
+    const digests: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const bytes = patterned(100, 200 + i);
+      const kind = i % 2 === 0 ? "blob" : "manifest";
+      const digest = kind === "blob"
+        ? await putBlob(store, bytes)
+        : await putManifestBytes(store, bytes);
+      // Access times out of creation order: object i was last used at 10_000 - i seconds.
+      await store.touch(kind, digest, 1_700_000_000_000 - i * 1000);
+      digests.push(digest);
+    }
+    const eviction = new Eviction(store, 950);
+    try {
+      await eviction.load();
+      await eviction.settled();
+      // 1000 > 950: evicted down to 855 (not merely to 950), the two least recently used.
+      deepEqual(deleted, [digests[9], digests[8]]);
+      deepEqual(eviction.stats(), { objects: 8, bytes: 800, reserved: 0, evictions: 2 });
+      equal(await store.getManifest(digests[9]), undefined);
+      equal(await hasBlob(t.store, digests[8]), false);
+      ok(await hasBlob(t.store, digests[0]));
+    } finally {
+      await eviction.close();
+    }
+  },
+);
 
-Deno.test("eviction: flush() writes the access times of hits to the store", async () => {
-  await using t = await tempStore();
+storeTest("eviction: flush() writes the access times of hits to the store", async (backend) => {
+  await using t = await backend.tempStore();
   const time = clock();
   const eviction = new Eviction(t.store, undefined, time.now);
   const [a] = await addBlobs(t.store, eviction, time, 1, 10);
   time.set(1_600_000_000_000);
   eviction.touched("blob", a);
   await eviction.flush();
-  const info = await Deno.stat(`${t.dir}/blobs/sha256/${a.slice("sha256:".length)}`);
-  equal(info.mtime?.getTime(), 1_600_000_000_000);
+  const listed = [];
+  for await (const info of t.store.list()) listed.push(info);
+  deepEqual(listed, [{ kind: "blob", digest: a, size: 10, accessedMs: 1_600_000_000_000 }]);
 });
 
-Deno.test("eviction: an eviction pass started while evictTo runs counts every byte once", async () => {
-  await using t = await tempStore();
-  const gate = deferred();
-  const deleting = deferred();
-  const store = withFaults(t.store, {
-    delete: async (kind: ObjectKind, digest: string) => {
-      deleting.resolve();
-      await gate.promise;
-      await t.store.delete(kind, digest);
-    },
-  });
-  const time = clock();
-  const eviction = new Eviction(store, 1000, time.now);
-  await eviction.load();
-  try {
-    await addBlobs(store, eviction, time, 2, 400);
-    const pruning = eviction.evictTo(0);
-    await deleting.promise;
-    // A fill commits meanwhile: 1200 > 1000 starts the background pass.
-    const c = await putBlob(t.store, patterned(400, 300));
-    time.set(3);
-    eviction.added("blob", c, 400);
-    gate.resolve();
-    await pruning;
-    await eviction.settled();
-    const { objects, bytes, evictions } = eviction.stats();
-    equal(bytes, objects * 400, `${objects} objects of 400 bytes counted as ${bytes} bytes`);
-    equal(evictions, 3 - objects, `${evictions} evictions for ${3 - objects} objects deleted`);
-  } finally {
-    await eviction.close();
-  }
-});
+storeTest(
+  "eviction: an eviction pass started while evictTo runs counts every byte once",
+  async (backend) => {
+    await using t = await backend.tempStore();
+    const gate = deferred();
+    const deleting = deferred();
+    const store = withFaults(t.store, {
+      delete: async (kind: ObjectKind, digest: string) => {
+        deleting.resolve();
+        await gate.promise;
+        await t.store.delete(kind, digest);
+      },
+    });
+    const time = clock();
+    const eviction = new Eviction(store, 1000, time.now);
+    await eviction.load();
+    try {
+      await addBlobs(store, eviction, time, 2, 400);
+      const pruning = eviction.evictTo(0);
+      await deleting.promise;
+      // A fill commits meanwhile: 1200 > 1000 starts the background pass.
+      const c = await putBlob(t.store, patterned(400, 300));
+      time.set(3);
+      eviction.added("blob", c, 400);
+      gate.resolve();
+      await pruning;
+      await eviction.settled();
+      const { objects, bytes, evictions } = eviction.stats();
+      equal(bytes, objects * 400, `${objects} objects of 400 bytes counted as ${bytes} bytes`);
+      equal(evictions, 3 - objects, `${evictions} evictions for ${3 - objects} objects deleted`);
+    } finally {
+      await eviction.close();
+    }
+  },
+);
 
 async function putManifestBytes(store: Store, bytes: Uint8Array): Promise<string> {
   const digest = sha256(bytes);

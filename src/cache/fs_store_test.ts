@@ -2,7 +2,6 @@ import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import {
   assertBody,
-  exists,
   patterned,
   putBlob,
   readAll,
@@ -90,70 +89,6 @@ Deno.test("fs store: list() and listTags() skip stray files in every directory",
   ok(await store.hasLink("docker.io", "library/alpine", blob));
 });
 
-/** Repository names whose file-name form is long: near and past the 255-byte file name limit. */
-const LONG_NAMES = [
-  `${"a".repeat(125)}/${"b".repeat(125)}`, // 253 bytes URL-encoded
-  `${"a".repeat(127)}/${"b".repeat(127)}`, // 259 bytes URL-encoded
-  Array.from({ length: 60 }, (_, i) => `n${i}`).join("/"), // ~330 bytes URL-encoded
-];
-
-Deno.test("fs store: tags and links of repositories with very long names", async () => {
-  await using t = await tempStore();
-  const { store } = t;
-  for (const [i, repository] of LONG_NAMES.entries()) {
-    ok(encodeURIComponent(repository).length > 250, repository);
-    const record = { ...RECORD, size: i };
-    await store.putTag("ghcr.io", repository, "latest", record);
-    deepEqual(await store.getTag("ghcr.io", repository, "latest"), record);
-    equal(await store.hasLink("ghcr.io", repository, RECORD.digest), false);
-    await store.addLink("ghcr.io", repository, RECORD.digest);
-    ok(await store.hasLink("ghcr.io", repository, RECORD.digest));
-  }
-  const listed = (await collect(store.listTags()))
-    .map(({ registry, repository, tag, record }) => ({
-      registry,
-      repository,
-      tag,
-      size: record.size,
-    }))
-    .sort((a, b) => a.size - b.size);
-  deepEqual(
-    listed,
-    LONG_NAMES.map((repository, size) => ({
-      registry: "ghcr.io",
-      repository,
-      tag: "latest",
-      size,
-    })),
-  );
-  await store.deleteTag("ghcr.io", LONG_NAMES[1], "latest");
-  equal(await store.getTag("ghcr.io", LONG_NAMES[1], "latest"), undefined);
-  deepEqual(await store.getTag("ghcr.io", LONG_NAMES[2], "latest"), { ...RECORD, size: 2 });
-});
-
-Deno.test("fs store: manifests are stored as their exact bytes", async () => {
-  await using t = await tempStore();
-  const bytes = manifestBytes("exact");
-  const digest = sha256(bytes);
-  await t.store.putManifest(digest, bytes);
-  deepEqual(await Deno.readFile(hexPath(t.dir, "manifests", digest)), bytes);
-  deepEqual(await t.store.getManifest(digest), bytes);
-  equal(await t.store.getManifest(sha256(manifestBytes("other"))), undefined);
-});
-
-Deno.test("fs store: a manifest whose bytes do not match its digest is dropped", async () => {
-  await using t = await tempStore();
-  const bytes = manifestBytes("corrupt");
-  const digest = sha256(bytes);
-  const path = hexPath(t.dir, "manifests", digest);
-  await t.store.putManifest(digest, bytes);
-  const corrupt = bytes.slice();
-  corrupt[10] ^= 1;
-  await Deno.writeFile(path, corrupt);
-  equal(await t.store.getManifest(digest), undefined);
-  equal(await exists(path), false);
-});
-
 Deno.test("fs store: a manifest in the legacy layout (media type line first) reads as its bytes", async () => {
   await using t = await tempStore();
   const bytes = manifestBytes("legacy");
@@ -191,13 +126,4 @@ Deno.test("fs store: an opened blob stays readable after it is deleted", async (
   assertBody(await readAll(whole.stream()), bytes);
   assertBody(await readAll(part.stream(1000, 200_000)), bytes.subarray(1000, 200_000));
   unused.close();
-});
-
-Deno.test("fs store: probeWrite succeeds on a writable store and fails when tmp/ cannot be written", async () => {
-  await using t = await tempStore();
-  await t.store.probeWrite();
-  deepEqual(await tmpEntries(t.dir), [], "the probe file is removed");
-  await Deno.remove(`${t.dir}/tmp`, { recursive: true });
-  await Deno.writeFile(`${t.dir}/tmp`, new Uint8Array());
-  await rejects(t.store.probeWrite());
 });

@@ -16,7 +16,7 @@ import {
 } from "../oci/media_types.ts";
 import { Limits } from "../security/limits.ts";
 import { Policy } from "../security/policy.ts";
-import { UpstreamClient } from "../upstream/client.ts";
+import { Upstreams } from "../upstream/upstreams.ts";
 
 /** The one registry the test mirror serves; requests name it after `/v2/`. */
 export const REGISTRY = "reg.test";
@@ -295,7 +295,7 @@ export async function testMirror() {
   let time = 1_700_000_000_000;
   const now = () => time;
   const upstream = new FakeRegistry();
-  const client = new UpstreamClient(config.registries.get(REGISTRY)!, {
+  const client = new Upstreams(config.registries.get(REGISTRY)!, {
     ...config.upstream,
     userAgent: "manifest-test",
     fetch: upstream.fetch as typeof fetch,

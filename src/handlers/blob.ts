@@ -7,6 +7,7 @@ import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
 import { confirmLink, mayServe } from "./confirm.ts";
 import {
+  askUpstream,
   cacheStatus,
   forwardedHeaders,
   type HandlerContext,
@@ -16,6 +17,15 @@ import {
 import { type ByteRange, parseRange } from "./range.ts";
 
 type BlobRoute = Extract<Route, { kind: "blob" }>;
+
+/** The upstreams a fill read from (a resume may go elsewhere), for its clients and its verdict. */
+interface FillSources {
+  vias: Set<string>;
+  fallback: boolean;
+}
+
+/** Fills started here -> where their bytes came from (for X-Cache-Via of clients that join). */
+const fillSources = new WeakMap<Promise<Fill>, FillSources>();
 
 /**
  * A cached blob is served from disk (Range, HEAD) without upstream contact. A miss joins the fill
@@ -48,15 +58,19 @@ export async function handleBlob(
     return await headUpstream(route, request, ctx);
   }
   const origin = { registry: route.registry, repository: route.name };
-  const { fill: pending } = cache.fill(
+  const sources: FillSources = { vias: new Set(), fallback: false };
+  const { fill: pending, joined } = cache.fill(
     route.digest,
     origin,
-    (offset) => openUpstream(route, request, ctx, offset),
+    (offset) => openUpstream(route, request, ctx, offset, sources),
   );
+  if (!joined) fillSources.set(pending, sources);
   const fill = await pending;
   // A fill of this registry started for another repository: its upstream must confirm this one.
   if (fill.origin.repository !== route.name) await confirmLink(ctx, request, link);
-  return serveFill(fill, request, ctx);
+  const from = fillSources.get(pending);
+  if (joined && from) ctx.record.via ??= [...from.vias].at(-1);
+  return serveFill(fill, request, ctx, joined ? undefined : sources);
 }
 
 function serveStored(
@@ -75,7 +89,17 @@ function serveStored(
   return new Response(body, { status: range ? 206 : 200, headers });
 }
 
-function serveFill(fill: Fill, request: Request, ctx: HandlerContext): Response {
+/**
+ * Serves a fill as it grows. The client that started it reports a fill that failed its digest
+ * check: a fallback that sent those bytes is put in cool-down, so the client's retry goes to the
+ * next one.
+ */
+function serveFill(
+  fill: Fill,
+  request: Request,
+  ctx: HandlerContext,
+  started?: FillSources,
+): Response {
   // Without a known size a range cannot be placed yet: the whole blob is sent.
   const range = fill.size === undefined
     ? undefined
@@ -85,47 +109,69 @@ function serveFill(fill: Fill, request: Request, ctx: HandlerContext): Response 
   const body = ctx.cache.follow(fill, range?.start ?? 0, range?.end, (sent, complete) => {
     ctx.record.bytes = sent;
     if (!complete) ctx.record.error ??= "the body was not sent whole (client gone or fill failed)";
+    const error = fill.error;
+    if (started?.fallback && error instanceof RegistryError && error.code === "DIGEST_INVALID") {
+      const upstreams = ctx.upstream(fill.origin.registry);
+      for (const via of started.vias) upstreams.distrust(via, error.message);
+    }
   });
   return new Response(body, { status: range ? 206 : 200, headers });
 }
 
-/** The upstream blob from `offset` (a Range request when resuming), with auth and redirects. */
+/**
+ * The upstream blob from `offset` (a Range request when resuming), with auth and redirects: from
+ * the primary, or when it fails from a fallback (the fill verifies the digest before caching).
+ */
 async function openUpstream(
   route: BlobRoute,
   request: Request,
   ctx: HandlerContext,
   offset: number,
+  sources: FillSources,
 ): Promise<Response> {
   const headers = forwardedHeaders(request);
   if (offset > 0) headers.range = `bytes=${offset}-`;
-  const response = await ctx.upstream(route.registry).request({
-    method: "GET",
+  const req = {
+    method: "GET" as const,
     path: `/v2/${route.name}/blobs/${route.digest}`,
     headers,
     scope: pullScope(route.name),
-  }, { upstreamBytes: 0, retries: 0 });
-  if (offset === 0) {
-    ctx.record.upstreamStatus = response.status;
-    if (response.status !== 200) throw await upstreamError(response, route.registry, "blob");
-  }
+    trust: "digest" as const,
+  };
+  const progress = { upstreamBytes: 0, retries: 0 };
+  const { response, via, fallback } = offset === 0
+    ? await askUpstream(ctx, route.registry, req, async (answer) => {
+      if (answer.response.status !== 200) {
+        throw await upstreamError(answer.response, route.registry, "blob");
+      }
+      return answer;
+    }, progress)
+    : await ctx.upstream(route.registry).request(req, progress);
+  sources.vias.add(via);
+  sources.fallback ||= fallback;
   return response;
 }
 
-/** HEAD of a blob not cached: asked upstream, nothing fetched. */
+/**
+ * HEAD of a blob not cached: asked upstream, nothing fetched. A fallback's HEAD only says that
+ * a blob exists and its size; the bytes a client then GETs are verified.
+ */
 async function headUpstream(
   route: BlobRoute,
   request: Request,
   ctx: HandlerContext,
 ): Promise<Response> {
-  const response = await ctx.upstream(route.registry).request({
+  const length = await askUpstream(ctx, route.registry, {
     method: "HEAD",
     path: `/v2/${route.name}/blobs/${route.digest}`,
     headers: forwardedHeaders(request),
     scope: pullScope(route.name),
-  }, ctx.record);
-  ctx.record.upstreamStatus = response.status;
-  if (response.status !== 200) throw await upstreamError(response, route.registry, "blob");
-  const length = response.headers.get("content-length");
+    trust: "digest",
+  }, async ({ response }) => {
+    if (response.status !== 200) throw await upstreamError(response, route.registry, "blob");
+    await response.body?.cancel();
+    return response.headers.get("content-length");
+  });
   const headers = blobHeaders(route.digest, length === null ? undefined : Number(length));
   return new Response(null, { headers: cacheStatus(ctx, "MISS", headers) });
 }

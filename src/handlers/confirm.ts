@@ -1,9 +1,10 @@
 // Who may be served cached content: a repository its registry's upstream confirmed holds it, and
 // never another registry on that registry's word alone (see the README's trust model).
 
+import { RegistryError } from "../oci/errors.ts";
 import { manifestAccept } from "../oci/media_types.ts";
 import { upstreamError } from "../upstream/errors.ts";
-import { forwardedHeaders, type HandlerContext, pullScope } from "./context.ts";
+import { askUpstream, forwardedHeaders, type HandlerContext, pullScope } from "./context.ts";
 
 type Target = { registry: string; name: string; kind: "blobs" | "manifests"; digest: string };
 
@@ -12,7 +13,9 @@ type Target = { registry: string; name: string; kind: "blobs" | "manifests"; dig
  * repository before, or the registry's upstream itself sent these bytes before and now confirms
  * (HEAD) that `name` holds them. False when only other registries supplied them: the caller then
  * fetches the bytes from this registry, since a HEAD proves nothing about possession of content
- * another upstream (perhaps with credentials) sent. Throws the upstream's refusal.
+ * another upstream (perhaps with credentials) sent. False too when, during an outage of a
+ * registry with fallbacks, no upstream trusted with such claims can confirm: the bytes are then
+ * fetched from a fallback and verified. Throws the upstream's refusal.
  */
 export async function mayServe(
   ctx: HandlerContext,
@@ -22,13 +25,20 @@ export async function mayServe(
   const { registry, name, digest } = target;
   if (await ctx.cache.hasLink(registry, name, digest)) return true;
   if (!(await ctx.cache.suppliedBy(registry, digest))) return false;
-  await confirmLink(ctx, request, target);
+  try {
+    await confirmLink(ctx, request, target);
+  } catch (e) {
+    const outage = e instanceof RegistryError && (e.status >= 500 || e.status === 429);
+    if (outage && ctx.upstream(registry).hasFallbacks) return false;
+    throw e;
+  }
   return true;
 }
 
 /**
  * Asks the registry's upstream (HEAD) whether `name` holds `digest`, and remembers a yes. Content
  * of one repository never reaches another that does not hold it; throws the upstream's refusal.
+ * A HEAD proves nothing it could verify: only the primary and fallbacks with `trustTags` are asked.
  */
 export async function confirmLink(
   ctx: HandlerContext,
@@ -37,7 +47,7 @@ export async function confirmLink(
 ): Promise<void> {
   const { registry, name, kind, digest } = target;
   if (await ctx.cache.hasLink(registry, name, digest)) return;
-  const response = await ctx.upstream(registry).request({
+  await askUpstream(ctx, registry, {
     method: "HEAD",
     path: `/v2/${name}/${kind}/${digest}`,
     headers: {
@@ -45,11 +55,12 @@ export async function confirmLink(
       ...(kind === "manifests" ? { accept: manifestAccept(null) } : {}),
     },
     scope: pullScope(name),
-  }, ctx.record);
-  ctx.record.upstreamStatus = response.status;
-  await response.body?.cancel();
-  if (response.status !== 200) {
-    throw await upstreamError(response, registry, kind === "blobs" ? "blob" : "manifest");
-  }
+    trust: "tag",
+  }, async ({ response }) => {
+    if (response.status !== 200) {
+      throw await upstreamError(response, registry, kind === "blobs" ? "blob" : "manifest");
+    }
+    await response.body?.cancel();
+  });
   await ctx.cache.addLink(registry, name, digest);
 }

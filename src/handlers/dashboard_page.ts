@@ -20,6 +20,9 @@ const STYLE = `
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   .muted { color: #8a93a1; font-size: 12px; }
   .error { color: #b3261e; }
+  .state-up { color: #1e7b34; }
+  .state-failing, .state-half-open { color: #a05a00; }
+  .state-skipped { color: #b3261e; font-weight: 600; }
 `;
 
 const SCRIPT = `
@@ -66,6 +69,13 @@ async function refresh() {
       cell(bytes(r.upstreamBytes), "num"), cell(bytes(r.cacheBytes), "num"),
       cell(r.rateLimitRemaining === null ? "–" : String(r.rateLimitRemaining), "num"),
     ]);
+    rows("upstreams", s.upstreams, (u) => [
+      cell(u.registry), cell(u.upstream), cell(u.role + (u.role === "fallback" && u.trustTags
+        ? " (trusts tags)" : "")),
+      cell(u.state + (u.skippedUntil ? " until " + u.skippedUntil.slice(11, 19) : ""),
+        "state-" + u.state),
+      cell(String(u.failures), "num"), cell(u.lastError || ""),
+    ]);
     rows("top-images", s.topImages, (i) => [cell(i.image), cell(String(i.pulls), "num")]);
     rows("errors", s.recentErrors, (e) => [
       cell(e.at.slice(11, 19)), cell(e.registry), cell(String(e.status), "num"), cell(e.message),
@@ -103,6 +113,10 @@ export const DASHBOARD_HTML = `<!doctype html>
 <table><thead><tr><th>registry</th><th class="num">upstream requests</th><th class="num">errors</th>
 <th class="num">from upstream</th><th class="num">from cache</th><th class="num">rate limit left</th></tr></thead>
 <tbody id="registries"></tbody></table>
+<h2>Upstreams</h2>
+<table><thead><tr><th>registry</th><th>upstream</th><th>role</th><th>state</th>
+<th class="num">failures in a row</th><th>last error</th></tr></thead>
+<tbody id="upstreams"></tbody></table>
 <h2>Most pulled images</h2>
 <table><thead><tr><th>image</th><th class="num">pulls</th></tr></thead><tbody id="top-images"></tbody></table>
 <h2>Recent upstream errors</h2>

@@ -3,8 +3,15 @@
 import { readLimited } from "../body.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
-import { upstreamError } from "../upstream/errors.ts";
-import { forwardedHeaders, type HandlerContext, pullScope, registryHeaders } from "./context.ts";
+import { upstreamError, type Wanted } from "../upstream/errors.ts";
+import {
+  askUpstream,
+  forwardedHeaders,
+  type HandlerContext,
+  pullScope,
+  registryHeaders,
+  viaHeader,
+} from "./context.ts";
 
 type TagsRoute = Extract<Route, { kind: "tags" }>;
 
@@ -21,6 +28,7 @@ export function handleBase(request: Request): Response {
  * `GET /v2/<name>/tags/list`: passed through, with the pagination `Link` rewritten for the client.
  * With `n`, the page is checked against the spec: `n=0` is an empty list without `Link`, and a
  * list longer than `n` (an upstream that ignores `n`, as Distribution 2.x does) is paged here.
+ * Tags cannot be verified: during an outage only fallbacks with `trustTags` are asked.
  */
 export async function handleTags(
   route: TagsRoute,
@@ -32,18 +40,17 @@ export async function handleTags(
   // whether the repository exists and may be read.
   if (route.n !== undefined) query.set("n", String(Math.max(route.n, 1)));
   if (route.last !== undefined) query.set("last", route.last);
-  const response = await ctx.upstream(route.registry).request({
+  const response = await askUpstream(ctx, route.registry, {
     method: request.method === "HEAD" ? "HEAD" : "GET",
     path: `/v2/${route.name}/tags/list`,
     query,
     headers: forwardedHeaders(request),
     scope: pullScope(route.name),
-  }, ctx.record);
-  ctx.record.upstreamStatus = response.status;
-  if (response.status !== 200) throw await upstreamError(response, route.registry, "repository");
+    trust: "tag",
+  }, (answer) => success(answer.response, route.registry, "repository"));
   const link = response.headers.get("link") ?? undefined;
   if (route.n === undefined || request.method === "HEAD") {
-    const headers = passHeaders(response, ["content-length"], "application/json");
+    const headers = passHeaders(ctx, response, ["content-length"], "application/json");
     if (link && route.n !== 0) headers.set("link", clientLink(link, route));
     return new Response(response.body, { headers });
   }
@@ -56,7 +63,7 @@ export async function handleTags(
     );
   }
   const page = tagsPage(list, { ...route, n: route.n, link });
-  const headers = registryHeaders({ "content-type": "application/json" });
+  const headers = viaHeader(ctx, registryHeaders({ "content-type": "application/json" }));
   if (page.link) headers.set("link", page.link);
   return new Response(JSON.stringify(page.body), { headers });
 }
@@ -125,25 +132,36 @@ export async function handleReferrers(
 ): Promise<Response> {
   const query = new URLSearchParams();
   if (route.artifactType) query.set("artifactType", route.artifactType);
-  const response = await ctx.upstream(route.registry).request({
+  // A referrers list names signatures and attestations: like a tag, it cannot be verified.
+  const response = await askUpstream(ctx, route.registry, {
     method: request.method === "HEAD" ? "HEAD" : "GET",
     path: `/v2/${route.name}/referrers/${route.digest}`,
     query,
     headers: { ...forwardedHeaders(request), accept: OCI_INDEX },
     scope: pullScope(route.name),
-  }, ctx.record);
-  ctx.record.upstreamStatus = response.status;
-  if (response.status !== 200) throw await upstreamError(response, route.registry, "manifest");
-  const headers = passHeaders(response, ["content-length", "oci-filters-applied"], OCI_INDEX);
-  return new Response(response.body, { headers });
+    trust: "tag",
+  }, (answer) => success(answer.response, route.registry, "manifest"));
+  const names = ["content-length", "oci-filters-applied"];
+  return new Response(response.body, { headers: passHeaders(ctx, response, names, OCI_INDEX) });
+}
+
+/** The upstream's 200, or the error its answer maps to. */
+async function success(response: Response, registry: string, wanted: Wanted): Promise<Response> {
+  if (response.status !== 200) throw await upstreamError(response, registry, wanted);
+  return response;
 }
 
 /**
  * The response headers: `names` copied from upstream, and our own Content-Type: an upstream's would
  * be served from the mirror's origin (the dashboard's, holding the browser's credentials).
  */
-function passHeaders(response: Response, names: string[], contentType: string): Headers {
-  const headers = registryHeaders({ "content-type": contentType });
+function passHeaders(
+  ctx: HandlerContext,
+  response: Response,
+  names: string[],
+  contentType: string,
+): Headers {
+  const headers = viaHeader(ctx, registryHeaders({ "content-type": contentType }));
   for (const name of names) {
     const value = response.headers.get(name);
     if (value !== null) headers.set(name, value);

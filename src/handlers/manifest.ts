@@ -16,6 +16,7 @@ import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
 import { mayServe } from "./confirm.ts";
 import {
+  askUpstream,
   cacheStatus,
   forwardedHeaders,
   type HandlerContext,
@@ -231,9 +232,11 @@ function resolveTag(
     if (route.method === "GET" && patience === undefined) {
       manifest = await fetchManifest(route, request, ctx, tag);
     } else {
-      const response = await upstreamManifest(route, request, ctx, "HEAD", tag, patience);
-      await response.body?.cancel();
-      const digest = response.headers.get("docker-content-digest");
+      const head = { method: "HEAD" as const, reference: tag, patience };
+      const digest = await upstreamManifest(route, request, ctx, head, async (response) => {
+        await response.body?.cancel();
+        return response.headers.get("docker-content-digest");
+      });
       // The tag's digest is taken from the cache only if this registry supplied those bytes.
       if (digest && isValidDigest(digest) && await ctx.cache.suppliedBy(route.registry, digest)) {
         manifest = await ctx.cache.manifest(digest);
@@ -267,7 +270,8 @@ function fetchByDigest(
 
 /**
  * GETs a manifest upstream, verifies it against a requested digest, takes its media type from its
- * own bytes (refusing what is not a valid manifest), then caches and links it.
+ * own bytes (refusing what is not a valid manifest), then caches and links it. A fallback's
+ * manifest that fails these checks is refused, and the next fallback asked.
  */
 async function fetchManifest(
   route: ManifestRoute,
@@ -275,9 +279,26 @@ async function fetchManifest(
   ctx: HandlerContext,
   reference: string,
 ): Promise<Manifest> {
+  const get = { method: "GET" as const, reference };
+  const manifest = await upstreamManifest(
+    route,
+    request,
+    ctx,
+    get,
+    (response) => verifiedManifest(route, reference, response),
+  );
+  await ctx.cache.keepManifest(route.registry, route.name, manifest);
+  return manifest;
+}
+
+/** The manifest an upstream sent for `reference`, if it is one and matches a requested digest. */
+async function verifiedManifest(
+  route: ManifestRoute,
+  reference: string,
+  response: Response,
+): Promise<Manifest> {
   const byDigest = isDigestReference(reference);
   const what = `${route.registry}/${route.name}${byDigest ? "@" : ":"}${reference}`;
-  const response = await upstreamManifest(route, request, ctx, "GET", reference);
   const bytes = await readLimited(response.body, MAX_MANIFEST_BYTES);
   if (!bytes) {
     throw new RegistryError(
@@ -297,31 +318,38 @@ async function fetchManifest(
   }
   const parsed = parseManifest(bytes, what);
   if (parsed instanceof RegistryError) throw parsed;
-  const manifest = { digest, mediaType: parsed.mediaType, bytes, parsed };
-  await ctx.cache.keepManifest(route.registry, route.name, manifest);
-  return manifest;
+  return { digest, mediaType: parsed.mediaType, bytes, parsed };
 }
 
-async function upstreamManifest(
+/**
+ * Asks the registry's upstreams for a manifest and hands a 200 to `take`. By digest any fallback
+ * may answer (the bytes are verified); a tag only the primary and fallbacks with `trustTags`.
+ */
+async function upstreamManifest<T>(
   route: ManifestRoute,
   request: Request,
   ctx: HandlerContext,
-  method: "GET" | "HEAD",
-  reference: string,
-  patience?: { idleTimeoutMs: number; retries: number },
-): Promise<Response> {
+  { method, reference, patience }: {
+    method: "GET" | "HEAD";
+    reference: string;
+    patience?: { idleTimeoutMs: number; retries: number };
+  },
+  take: (response: Response) => Promise<T>,
+): Promise<T> {
+  const byDigest = isDigestReference(reference);
   // A tag is resolved the same for every client; by digest, the client's types are added.
-  const accept = isDigestReference(reference)
+  const accept = byDigest
     ? manifestAccept(`${CANONICAL_ACCEPT}, ${request.headers.get("accept") ?? ""}`)
     : CANONICAL_ACCEPT;
-  const response = await ctx.upstream(route.registry).request({
+  return await askUpstream(ctx, route.registry, {
     ...patience,
     method,
     path: `/v2/${route.name}/manifests/${reference}`,
     headers: { ...forwardedHeaders(request), accept },
     scope: pullScope(route.name),
-  }, ctx.record);
-  ctx.record.upstreamStatus = response.status;
-  if (response.status !== 200) throw await upstreamError(response, route.registry, "manifest");
-  return response;
+    trust: byDigest ? "digest" : "tag",
+  }, async ({ response }) => {
+    if (response.status !== 200) throw await upstreamError(response, route.registry, "manifest");
+    return await take(response);
+  });
 }

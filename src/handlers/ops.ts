@@ -87,6 +87,7 @@ export async function stats(ops: OpsContext) {
       cacheBytes: byRegistry(cacheBytes, name),
       rateLimitRemaining: rateLimits.find((v) => v.labels.registry === name)?.value ?? null,
     })),
+    upstreams: metrics.upstreamStatuses(),
     topImages: [...metrics.pulls.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10)
       .map(([image, pulls]) => ({ image, pulls })),
     recentErrors: metrics.recentErrors,

@@ -1,0 +1,314 @@
+// The S3 Store: blobs, manifests, tag records and links as objects in a bucket; the cache
+// directory holds only the spools of fills in flight. Blobs reach their final key only once S3
+// itself has checked their bytes against the digest.
+
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import type { S3Config } from "../config.ts";
+import { log } from "../log.ts";
+import { digestOf } from "../oci/digest.ts";
+import { isValidDigest } from "../oci/names.ts";
+import { checkBucket, S3Client } from "../s3/client.ts";
+import { listObjects, mapLimit } from "../s3/list.ts";
+import { type MultipartOptions, putFileMultipart } from "../s3/multipart.ts";
+import { openedS3Blob } from "./s3_blob.ts";
+import type {
+  ListedTag,
+  ObjectInfo,
+  ObjectKind,
+  OpenedBlob,
+  Spool,
+  Store,
+  TagRecord,
+} from "./store.ts";
+
+const KINDS: Record<ObjectKind, string> = { blob: "blobs", manifest: "manifests" };
+/** The largest object S3 takes in one PUT (5 GiB); bigger blobs go up in parts. */
+const MAX_SINGLE_PUT = 5 * 1024 ** 3;
+/** Parts of 16 MiB (larger for blobs over 156 GiB: S3 takes 10,000 parts), two in flight. */
+const MULTIPART: MultipartOptions = { partSize: 16 * 1024 ** 2, inFlight: 2 };
+const MAX_PARTS = 10_000;
+/** Small objects (access times, tag records) read at once when listing. */
+const READS_IN_FLIGHT = 8;
+/** Bytes written (and fsynced) to the spool directory to tell whether it takes writes. */
+const PROBE_BYTES = 64 * 1024;
+
+/** How the store is opened. */
+export interface S3StoreOptions {
+  /** Remove what a crash left among the spools (only the serving process may). */
+  clean: boolean;
+  /** Blobs above this size go up in parts (default: 5 GiB, the single-PUT limit). */
+  multipartAbove?: number;
+  multipart?: MultipartOptions;
+}
+
+/**
+ * Keys under the configured prefix: `blobs/<alg>/<hex>`, `manifests/<alg>/<hex>` (exact bytes),
+ * `tags/<registry>/<repository>/<tag>` (a JSON record naming its repository and tag),
+ * `links/<registry>/<repository>/<alg>-<hex>` (empty), `access/<blobs|manifests>/<alg>/<hex>`
+ * (the last access persisted, in ms, as text) and `probes/<uuid>` (readiness checks).
+ * Repository names and tags are safe in keys as they are (their grammar allows [a-z0-9._/-]).
+ */
+export class S3Store implements Store {
+  readonly client: S3Client;
+  /** Where the spools of fills in flight are written. */
+  readonly spoolDir: string;
+  readonly #prefix: string;
+  readonly #multipartAbove: number;
+  readonly #multipart: MultipartOptions;
+
+  private constructor(client: S3Client, prefix: string, spoolDir: string, options: S3StoreOptions) {
+    this.client = client;
+    this.#prefix = prefix;
+    this.spoolDir = spoolDir;
+    this.#multipartAbove = options.multipartAbove ?? MAX_SINGLE_PUT;
+    this.#multipart = options.multipart ?? MULTIPART;
+  }
+
+  /**
+   * Opens the store on the bucket, checking that it exists and takes these credentials (the
+   * error says which is wrong), with spools under `dir/tmp`.
+   */
+  static async open(
+    settings: { dir: string; s3: S3Config },
+    options: S3StoreOptions,
+  ): Promise<S3Store> {
+    const spoolDir = `${settings.dir}/tmp`;
+    if (options.clean) await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
+    await Deno.mkdir(spoolDir, { recursive: true });
+    const client = new S3Client(settings.s3);
+    await checkBucket(client, settings.s3.prefix);
+    return new S3Store(client, settings.s3.prefix, spoolDir, options);
+  }
+
+  #key(kind: ObjectKind, digest: string): string {
+    return `${this.#prefix}${KINDS[kind]}/${digest.replace(":", "/")}`;
+  }
+
+  #accessKey(kind: ObjectKind, digest: string): string {
+    return `${this.#prefix}access/${KINDS[kind]}/${digest.replace(":", "/")}`;
+  }
+
+  #tagKey(registry: string, repository: string, tag: string): string {
+    return `${this.#prefix}tags/${registry}/${repository}/${tag}`;
+  }
+
+  #linkKey(registry: string, repository: string, digest: string): string {
+    return `${this.#prefix}links/${registry}/${repository}/${digest.replace(":", "-")}`;
+  }
+
+  async openBlob(digest: string): Promise<OpenedBlob | undefined> {
+    const key = this.#key("blob", digest);
+    const head = await this.client.send("HeadObject", "HEAD", key, { expect: [200, 404] });
+    if (head.status === 404) return undefined;
+    return openedS3Blob(this.client, key, Number(head.headers.get("content-length")));
+  }
+
+  async createSpool(): Promise<Spool> {
+    const path = `${this.spoolDir}/${crypto.randomUUID()}`;
+    return { path, file: await Deno.open(path, { write: true, createNew: true }) };
+  }
+
+  /** Uploads the spool under the blob's key (S3 checks the payload's sha256), then removes it. */
+  async commitBlob(spoolPath: string, digest: string): Promise<void> {
+    const key = this.#key("blob", digest);
+    const { size } = await Deno.stat(spoolPath);
+    if (size > this.#multipartAbove) {
+      const { partSize, inFlight } = this.#multipart;
+      await putFileMultipart(this.client, key, { path: spoolPath, size, digest }, {
+        partSize: Math.max(partSize, Math.ceil(size / MAX_PARTS)),
+        inFlight,
+      });
+    } else {
+      await this.client.putFile(key, spoolPath, size, await payloadSha256(spoolPath, digest));
+    }
+    await Deno.remove(spoolPath);
+  }
+
+  async openFill(spoolPath: string, digest: string): Promise<Deno.FsFile> {
+    try {
+      return await Deno.open(spoolPath);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      return await this.#download(digest); // committed and removed meanwhile
+    }
+  }
+
+  /** A local copy of a committed blob, already unlinked: it lives as long as the file is open. */
+  async #download(digest: string): Promise<Deno.FsFile> {
+    const path = `${this.spoolDir}/${crypto.randomUUID()}`;
+    try {
+      const response = await this.client.send("GetObject", "GET", this.#key("blob", digest));
+      const out = await Deno.open(path, { write: true, createNew: true });
+      await response.body!.pipeTo(out.writable);
+      return await Deno.open(path);
+    } finally {
+      await Deno.remove(path).catch(() => {});
+    }
+  }
+
+  async getManifest(digest: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
+    const key = this.#key("manifest", digest);
+    const response = await this.client.send("GetObject", "GET", key, { expect: [200, 404] });
+    if (response.status === 404) {
+      await response.body?.cancel();
+      return undefined;
+    }
+    const data = new Uint8Array(await response.arrayBuffer());
+    if (digestOf(data, digest) === digest) return data;
+    log.warn("cached manifest {digest} does not match its digest: removed", { digest });
+    await this.delete("manifest", digest);
+    return undefined;
+  }
+
+  async putManifest(digest: string, bytes: Uint8Array): Promise<void> {
+    await this.#put("PutObject", this.#key("manifest", digest), bytes.slice());
+  }
+
+  async delete(kind: ObjectKind, digest: string): Promise<void> {
+    await this.#delete(this.#key(kind, digest));
+    await this.#delete(this.#accessKey(kind, digest));
+  }
+
+  async *list(): AsyncIterable<ObjectInfo> {
+    const accessed = await this.#accessTimes();
+    for (const kind of ["blob", "manifest"] as const) {
+      const root = `${this.#prefix}${KINDS[kind]}/`;
+      for await (const { key, size, lastModifiedMs } of listObjects(this.client, root)) {
+        const digest = key.slice(root.length).replace("/", ":");
+        if (!isValidDigest(digest)) {
+          skipped(key);
+          continue;
+        }
+        const accessedMs = accessed.get(`${kind}:${digest}`) ?? lastModifiedMs;
+        yield { kind, digest, size, accessedMs };
+      }
+    }
+  }
+
+  /** The access times persisted by `touch`, by `kind:digest`. */
+  async #accessTimes(): Promise<Map<string, number>> {
+    const root = `${this.#prefix}access/`;
+    const keys: string[] = [];
+    for await (const { key } of listObjects(this.client, root)) keys.push(key);
+    const times = await mapLimit(keys, READS_IN_FLIGHT, async (key) => {
+      const text = await this.#getText(key);
+      return text === undefined ? undefined : Number(text);
+    });
+    const accessed = new Map<string, number>();
+    for (const [i, key] of keys.entries()) {
+      const [kind, alg, hex] = key.slice(root.length).split("/");
+      const ms = times[i];
+      if (ms !== undefined && Number.isFinite(ms)) {
+        accessed.set(`${kind === "blobs" ? "blob" : "manifest"}:${alg}:${hex}`, ms);
+      }
+    }
+    return accessed;
+  }
+
+  /** Best effort, as on the filesystem: a lost access time only makes eviction less exact. */
+  async touch(kind: ObjectKind, digest: string, atMs: number): Promise<void> {
+    await this.#put("PutObject", this.#accessKey(kind, digest), String(atMs)).catch(() => {});
+  }
+
+  async getTag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined> {
+    const text = await this.#getText(this.#tagKey(registry, repository, tag));
+    return text === undefined ? undefined : parseTag(text)?.record;
+  }
+
+  async putTag(registry: string, repository: string, tag: string, record: TagRecord) {
+    const data = JSON.stringify({ repository, tag, ...record });
+    await this.#put("PutObject", this.#tagKey(registry, repository, tag), data);
+  }
+
+  async deleteTag(registry: string, repository: string, tag: string): Promise<void> {
+    await this.#delete(this.#tagKey(registry, repository, tag));
+  }
+
+  async *listTags(): AsyncIterable<ListedTag> {
+    const root = `${this.#prefix}tags/`;
+    const keys: string[] = [];
+    for await (const { key } of listObjects(this.client, root)) keys.push(key);
+    const texts = await mapLimit(keys, READS_IN_FLIGHT, (key) => this.#getText(key));
+    for (const [i, key] of keys.entries()) {
+      const found = texts[i] === undefined ? undefined : parseTag(texts[i]);
+      const registry = key.slice(root.length).split("/")[0];
+      if (!found?.repository || !found.tag) {
+        if (texts[i] !== undefined) skipped(key);
+        continue;
+      }
+      yield { registry, repository: found.repository, tag: found.tag, record: found.record };
+    }
+  }
+
+  async hasLink(registry: string, repository: string, digest: string): Promise<boolean> {
+    const key = this.#linkKey(registry, repository, digest);
+    const head = await this.client.send("HeadObject", "HEAD", key, { expect: [200, 404] });
+    return head.status === 200;
+  }
+
+  async addLink(registry: string, repository: string, digest: string): Promise<void> {
+    await this.#put("PutObject", this.#linkKey(registry, repository, digest), "");
+  }
+
+  /** Checks both places writes go: the spool directory and the bucket. */
+  async probeWrite(): Promise<void> {
+    const path = `${this.spoolDir}/probe-${crypto.randomUUID()}`;
+    try {
+      using file = await Deno.open(path, { write: true, createNew: true });
+      const data = new Uint8Array(PROBE_BYTES);
+      for (let at = 0; at < data.length;) at += await file.write(data.subarray(at));
+      await file.syncData();
+    } finally {
+      await Deno.remove(path).catch(() => {});
+    }
+    const key = `${this.#prefix}probes/${crypto.randomUUID()}`;
+    await this.#put("PutObject", key, "probe");
+    await this.#delete(key);
+  }
+
+  async #put(operation: string, key: string, body: Uint8Array<ArrayBuffer> | string) {
+    await (await this.client.send(operation, "PUT", key, { body })).body?.cancel();
+  }
+
+  async #delete(key: string): Promise<void> {
+    await (await this.client.send("DeleteObject", "DELETE", key)).body?.cancel();
+  }
+
+  /** A small object's text, or undefined when there is none. */
+  async #getText(key: string): Promise<string | undefined> {
+    const response = await this.client.send("GetObject", "GET", key, { expect: [200, 404] });
+    if (response.status === 200) return await response.text();
+    await response.body?.cancel();
+    return undefined;
+  }
+}
+
+/**
+ * The payload sha256 S3 checks the upload against: the digest itself for a sha256 blob (so S3
+ * refuses bytes that do not match it), else the sha256 of the file.
+ */
+async function payloadSha256(path: string, digest: string): Promise<string> {
+  if (digest.startsWith("sha256:")) return digest.slice("sha256:".length);
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Uint8Array);
+  return hash.digest("hex");
+}
+
+function parseTag(
+  text: string,
+): { record: TagRecord; repository?: string; tag?: string } | undefined {
+  try {
+    const { repository, tag, digest, mediaType, size, checkedAt } = JSON.parse(text);
+    if (typeof digest !== "string" || !isValidDigest(digest)) return undefined;
+    if (typeof mediaType !== "string" || typeof size !== "number") return undefined;
+    if (typeof checkedAt !== "number") return undefined;
+    return { record: { digest, mediaType, size, checkedAt }, repository, tag };
+  } catch {
+    return undefined; // unreadable: the tag is checked upstream again
+  }
+}
+
+function skipped(key: string): void {
+  log.warn("skipping unrecognised object in the cache bucket: {key}", { key });
+}

@@ -1,0 +1,230 @@
+// End to end with the cache in a real S3 (Ceph RGW): mirrors started with `deno task start`, a
+// real Distribution upstream behind a counting proxy; a second mirror on the same bucket serves
+// what the first cached without asking upstream; corrupt bytes never reach the bucket.
+
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { createHash } from "node:crypto";
+import type { S3Config } from "../src/config.ts";
+import { startFaultProxy } from "./fixtures/fault_proxy.ts";
+import { startMirror } from "./fixtures/mirror.ts";
+import { startRegistry } from "./fixtures/registry.ts";
+import { pushImage, pushLargeBlobImage } from "./fixtures/seed.ts";
+import { emptyPrefix, keysUnder, RGW_TOOLS, s3Settings } from "./fixtures/rgw.ts";
+import { runCleanup } from "./fixtures/cleanup.ts";
+import { runTask } from "./fixtures/task.ts";
+import { freePort, skipUnless } from "./fixtures/tools.ts";
+import { waitFor } from "./fixtures/wait.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+async function digestOf(body: ReadableStream<Uint8Array>): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of body) hash.update(chunk);
+  return `sha256:${hash.digest("hex")}`;
+}
+
+/** The `cache` config of a mirror on the bucket of `s3`; the keys come from the environment. */
+function cacheOn(dir: string, s3: S3Config) {
+  const { endpoint, region, bucket, prefix } = s3;
+  return { dir, s3: { endpoint: endpoint.href, region, bucket, prefix, forcePathStyle: true } };
+}
+
+/** AWS_* variables with the keys of `s3`. */
+function credentials(s3: S3Config): Record<string, string> {
+  return { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey };
+}
+
+/** Entries of a directory, recursively, as paths relative to it. */
+async function tree(dir: string, under = ""): Promise<string[]> {
+  const found: string[] = [];
+  for await (const entry of Deno.readDir(`${dir}/${under}`)) {
+    const path = under ? `${under}/${entry.name}` : entry.name;
+    found.push(path);
+    if (entry.isDirectory) found.push(...await tree(dir, path));
+  }
+  return found.sort();
+}
+
+Deno.test({
+  name: "s3: two mirrors on one bucket; the second serves what the first cached, no upstream GET",
+  ...skipUnless(["docker-registry", ...RGW_TOOLS]),
+  async fn(t) {
+    const dir = await Deno.makeTempDir({ prefix: "s3_test_" });
+    const cleanup: (() => unknown)[] = [() => Deno.remove(dir, { recursive: true })];
+    try {
+      const s3 = await s3Settings();
+      cleanup.push(() => emptyPrefix(s3));
+      const registry = await startRegistry({ dir: `${dir}/upstream` });
+      cleanup.push(() => registry.stop());
+      const proxy = startFaultProxy(registry.url);
+      cleanup.push(() => proxy.stop());
+      const config = (cacheDir: string) => ({
+        registries: { "quay.io": { upstream: proxy.url } },
+        cache: cacheOn(cacheDir, s3),
+        upstream: { retries: 0 },
+      });
+      const first = await startMirror(`${dir}/a`, config(`${dir}/a/cache`), credentials(s3));
+      cleanup.push(() => first.stop());
+      const image = await pushImage(registry.url, "org/app", "v1", {
+        files: { "hello.txt": "hello from s3\n" },
+        format: "oci",
+      });
+      const big = await pushLargeBlobImage(registry.url, "org/big", "1", 24 << 20, { dir });
+      const layer = `/v2/quay.io/org/app/blobs/${image.layer.digest}`;
+      const bigBlob = `/v2/quay.io/org/big/blobs/${big.blob.digest}`;
+
+      await t.step("the first mirror pulls a manifest and blobs into the bucket", async () => {
+        const manifest = await fetch(`${first.url}/v2/quay.io/org/app/manifests/v1`);
+        equal(manifest.status, 200);
+        equal(manifest.headers.get("docker-content-digest"), image.digest);
+        await manifest.body?.cancel();
+        for (const [path, digest] of [[layer, image.layer.digest], [bigBlob, big.blob.digest]]) {
+          const blob = await fetch(first.url + path);
+          deepEqual([blob.status, blob.headers.get("x-cache")], [200, "MISS"]);
+          equal(await digestOf(blob.body!), digest);
+        }
+        const expected = [
+          `blobs/sha256/${image.layer.digest.slice(7)}`,
+          `blobs/sha256/${big.blob.digest.slice(7)}`,
+          `manifests/sha256/${image.digest.slice(7)}`,
+          "tags/quay.io/org/app/v1",
+        ];
+        await waitFor("the blobs in the bucket", async () => {
+          const keys = await keysUnder(s3);
+          return expected.every((k) => keys.includes(k));
+        });
+        const local = (await tree(`${dir}/a/cache`)).filter((p) => !p.startsWith("server."));
+        deepEqual(local, ["tmp"], "cache.dir holds only (empty) spools");
+      });
+
+      await t.step(
+        "a second mirror with an empty cache.dir serves them: no upstream request",
+        async () => {
+          const second = await startMirror(`${dir}/b`, config(`${dir}/b/cache`), credentials(s3));
+          cleanup.push(() => second.stop());
+          const from = proxy.requests.length;
+          const manifest = await fetch(`${second.url}/v2/quay.io/org/app/manifests/v1`);
+          deepEqual([manifest.status, manifest.headers.get("x-cache")], [200, "HIT"]);
+          equal(await digestOf(manifest.body!), image.digest);
+          for (const [path, digest] of [[layer, image.layer.digest], [bigBlob, big.blob.digest]]) {
+            const blob = await fetch(second.url + path);
+            deepEqual([blob.status, blob.headers.get("x-cache")], [200, "HIT"]);
+            equal(await digestOf(blob.body!), digest);
+          }
+          const range = await fetch(second.url + bigBlob, { headers: { range: "bytes=1000-" } });
+          deepEqual([range.status, range.headers.get("content-range")], [
+            206,
+            `bytes 1000-${big.blob.size - 1}/${big.blob.size}`,
+          ]);
+          equal((await range.arrayBuffer()).byteLength, big.blob.size - 1000);
+          const head = await fetch(second.url + bigBlob, { method: "HEAD" });
+          equal(head.headers.get("content-length"), String(big.blob.size));
+          deepEqual(proxy.requests.slice(from), [], "nothing asked upstream");
+          const ready = await fetch(`${second.url}/readyz`);
+          deepEqual([ready.status, await ready.json()], [200, { status: "ready" }]);
+          const metrics = await (await fetch(`${second.url}/metrics`)).text();
+          match(
+            metrics,
+            /^registry_mirror_store_requests_total\{operation="GetObject",status="206"\} 1$/m,
+          );
+          match(
+            metrics,
+            /^registry_mirror_store_request_duration_seconds_count\{operation="HeadObject"\} \d+$/m,
+          );
+        },
+      );
+
+      await t.step("cache ls and du read the bucket", async () => {
+        const ls = await runTask(
+          ["cache", "ls", "--json", "--config", `${dir}/b/config.json`],
+          credentials(s3),
+        );
+        equal(ls.code, 0, ls.stderr);
+        deepEqual(
+          JSON.parse(ls.stdout).tags.map((t: { image: string; digest: string }) => [
+            t.image,
+            t.digest,
+          ]),
+          [["quay.io/org/app:v1", image.digest]],
+        );
+        const du = await runTask(
+          ["cache", "du", "--json", "--config", `${dir}/b/config.json`],
+          credentials(s3),
+        );
+        const usage = JSON.parse(du.stdout);
+        deepEqual([usage.blobs.objects, usage.manifests.objects], [2, 1]);
+        equal(usage.blobs.bytes, image.layer.size + big.blob.size);
+      });
+
+      await t.step("bytes that do not match their digest never reach the bucket", async () => {
+        const other = await pushImage(registry.url, "org/other", "v1", {
+          files: { "x.txt": "corrupted on the way\n".repeat(5000) },
+          format: "oci",
+          gzipLevel: 0,
+        });
+        const path = `/v2/org/other/blobs/${other.layer.digest}`;
+        proxy.inject({ path, flipByteAt: 1000 });
+        const bad = await fetch(`${first.url}/v2/quay.io${path.slice(3)}`);
+        const failed = await digestOf(bad.body!).then(() => false, () => true);
+        ok(failed, "the client's body is cut, never complete with wrong bytes");
+        const key = `blobs/sha256/${other.layer.digest.slice(7)}`;
+        ok(!(await keysUnder(s3, "blobs/")).includes(key), "nothing under the blob's key");
+        const good = await fetch(`${first.url}/v2/quay.io${path.slice(3)}`);
+        equal(await digestOf(good.body!), other.layer.digest);
+        await waitFor(
+          "the good blob in the bucket",
+          async () => (await keysUnder(s3, "blobs/")).includes(key),
+        );
+      });
+    } finally {
+      await runCleanup(cleanup);
+    }
+  },
+});
+
+Deno.test({
+  name: "s3: a missing bucket or wrong credentials stop the mirror at start with the reason",
+  ...skipUnless(RGW_TOOLS),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "s3_test_" });
+    try {
+      const s3 = await s3Settings();
+      const cases: [Record<string, unknown>, Record<string, string>, RegExp][] = [
+        [
+          { bucket: "missing-bucket" },
+          credentials(s3),
+          /bucket "missing-bucket" .* does not exist/,
+        ],
+        [
+          {},
+          { ...credentials(s3), AWS_SECRET_ACCESS_KEY: "not-the-secret" },
+          /refused the credentials \(SignatureDoesNotMatch\): check accessKeyId/,
+        ],
+        [{}, {}, /cache\.s3: set accessKeyId and secretAccessKey/],
+      ];
+      for (const [override, env, expected] of cases) {
+        const path = `${dir}/config.json`;
+        const cache = cacheOn(`${dir}/cache`, s3);
+        await Deno.writeTextFile(
+          path,
+          JSON.stringify({
+            listen: `127.0.0.1:${freePort()}`,
+            cache: { ...cache, s3: { ...cache.s3, ...override } },
+          }),
+        );
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["task", "start", "--config", path],
+          cwd: ROOT,
+          env: { AWS_ACCESS_KEY_ID: "", AWS_SECRET_ACCESS_KEY: "", ...env },
+          stdin: "null",
+        }).output();
+        const stderr = new TextDecoder().decode(out.stderr);
+        equal(out.code, 1, stderr);
+        match(stderr, expected);
+        ok(!stderr.includes("not-the-secret"), "the secret is never printed");
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
