@@ -6,10 +6,14 @@ import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
 import { type AppDeps, createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
+import { BucketEviction } from "./src/cluster/bucket_eviction.ts";
+import { Cluster } from "./src/cluster/cluster.ts";
+import { Leases } from "./src/cluster/leases.ts";
 import { openStore, StoreUnavailable } from "./src/cache/open_store.ts";
 import { S3Store } from "./src/cache/s3_store.ts";
 import { own, ownerClient, serveOwnerSocket, tryOwn } from "./src/cache/owner.ts";
 import { cacheDu, cacheGc, cacheLs } from "./src/cli/cache_commands.ts";
+import { formatBytes } from "./src/cli/format.ts";
 import { commandHelp } from "./src/cli/help.ts";
 import { healthTarget, probeHealth } from "./src/cli/healthcheck.ts";
 import { prefetch } from "./src/cli/prefetch.ts";
@@ -146,6 +150,7 @@ async function cacheCommand(
     console.error("registry-mirror: cache gc needs --max-size SIZE or cache.maxSize");
     return 2;
   }
+  if (config.cache.s3) return await bucketGc(config, maxSize, print);
   const owned = await tryOwn(config.cache.dir);
   if (!owned) {
     console.error(
@@ -164,8 +169,40 @@ async function cacheCommand(
   }
 }
 
+/**
+ * `cache gc` on a bucket: evicts down to `maxSize` beside running replicas, holding the bucket's
+ * eviction lease (so no replica evicts meanwhile); refused while one of them evicts.
+ */
+async function bucketGc(
+  config: Config,
+  maxSize: number,
+  print: (line: string) => void,
+): Promise<number> {
+  const store = await openStore(config.cache, { clean: false }) as S3Store;
+  const leases = new Leases(store.client, config.cache.s3!.prefix, {
+    owner: `cache gc on ${Deno.hostname()}`,
+    ttlMs: config.cluster?.leaseTtlMs ?? 15_000,
+  });
+  const pass = await new BucketEviction(store, leases, { maxSize, graceMs: 0 }).pass(maxSize);
+  if (pass.outcome === "busy") {
+    console.error(`registry-mirror: ${pass.holder} is evicting the bucket now; try again later`);
+    return 1;
+  }
+  const after = pass.outcome === "evicted" ? pass.bytes - pass.freed : pass.bytes;
+  const evicted = pass.outcome === "evicted" ? pass.evicted : 0;
+  print(
+    `evicted ${evicted} objects (${formatBytes(pass.bytes - after)}); bucket now ${
+      formatBytes(after)
+    }`,
+  );
+  return 0;
+}
+
 /** What the mirror's request handler is built from: upstream clients, metrics and security. */
-async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
+async function dependencies(
+  config: Config,
+  cache: Cache,
+): Promise<AppDeps & { bucketEviction?: BucketEviction }> {
   const metrics = new MirrorMetrics();
   if (cache.store instanceof S3Store) cache.store.client.observe = metrics.storeRequest;
   const userAgent = `registry-mirror/${meta.version}`;
@@ -180,7 +217,7 @@ async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
     metrics.cacheObjects.set({}, objects);
     metrics.cacheSize.set({}, bytes);
     if (config.cache.maxSizeBytes) metrics.cacheMaxSize.set({}, config.cache.maxSizeBytes);
-    metrics.evictions.set({}, evictions);
+    metrics.evictions.set({}, evictions + (deps.bucketEviction?.evicted ?? 0));
     const fills = cache.fills.stats;
     metrics.fillsInFlight.set({}, cache.fills.active);
     metrics.coalesced.set({}, fills.coalesced);
@@ -191,8 +228,11 @@ async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
     for (const [name, client] of clients) {
       metrics.tokenFetches.set({ registry: name }, client.tokenFetches);
     }
+    for (const [source, count] of Object.entries(deps.cluster?.opened ?? {})) {
+      metrics.clusterSources.set({ source }, count);
+    }
   });
-  return {
+  const deps: AppDeps & { bucketEviction?: BucketEviction } = {
     config,
     clients,
     cache,
@@ -201,6 +241,7 @@ async function dependencies(config: Config, cache: Cache): Promise<AppDeps> {
     limits: new Limits(config.limits),
     auth: config.auth && await ClientAuth.load(config.auth),
   };
+  return deps;
 }
 
 async function serve(config: Config): Promise<number> {
@@ -213,7 +254,11 @@ async function serve(config: Config): Promise<number> {
     return 1;
   }
   const owned = await own(config.cache.dir);
-  const cache = await Cache.open(config.cache, { clean: true });
+  // Replicas evict the shared bucket together (bucketEviction below), never each on its own view.
+  const fleet = config.cluster && config.cache.s3
+    ? { ...config.cache, maxSizeBytes: undefined }
+    : undefined;
+  const cache = await Cache.open(fleet ?? config.cache, { clean: true });
   const credentialed = [...config.registries.values()].filter(withCredentials);
   if (credentialed.length > 0 && !config.auth) {
     log.warn(
@@ -225,6 +270,15 @@ async function serve(config: Config): Promise<number> {
   }
   let server;
   const deps = await dependencies(config, cache);
+  // Only the server takes part in the fleet: its advertised URL is where replicas reach it.
+  deps.cluster = cache.store instanceof S3Store
+    ? Cluster.of(config, cache.store.client, config.cache.s3!.prefix)
+    : undefined;
+  const maxSize = config.cache.maxSizeBytes;
+  if (deps.cluster && cache.store instanceof S3Store && maxSize !== undefined) {
+    deps.bucketEviction = new BucketEviction(cache.store, deps.cluster.leases, { maxSize });
+    deps.bucketEviction.start();
+  }
   try {
     server = await startServer(config, createApp(deps));
   } catch (e) {
@@ -253,6 +307,7 @@ async function serve(config: Config): Promise<number> {
   Deno.addSignalListener("SIGINT", stop);
   await server.finished;
   await commands?.finished;
+  await deps.bucketEviction?.close();
   await cache.eviction.close();
   owned.close();
   log.info("stopped");

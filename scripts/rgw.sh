@@ -5,6 +5,8 @@
 #   scripts/rgw.sh start DIR PORT [PID]  boots it (S3 at http://127.0.0.1:PORT), writes
 #                                        DIR/env.json; with PID, stops it once that process ends
 #   scripts/rgw.sh stop DIR              stops its daemons and removes DIR
+#   scripts/rgw.sh stop-gateway DIR      stops only radosgw (S3 down; the cluster keeps its data)
+#   scripts/rgw.sh start-gateway DIR     starts radosgw again, waits until S3 answers
 #
 # The mon listens on PORT+1 and the OSD on PORT+2..PORT+9. Needs the Debian packages ceph-mon,
 # ceph-osd, radosgw and ceph-common (scripts/setup.sh installs them).
@@ -18,7 +20,7 @@ POOLS=(.rgw.root default.rgw.log default.rgw.control default.rgw.meta default.rg
   default.rgw.buckets.data default.rgw.buckets.non-ec)
 
 usage() {
-  echo "usage: $0 start DIR PORT [PID] | stop DIR" >&2
+  echo "usage: $0 start DIR PORT [PID] | stop DIR | stop-gateway DIR | start-gateway DIR" >&2
   exit 2
 }
 
@@ -149,8 +151,38 @@ EOF
   echo "rgw.sh: S3 at $endpoint (bucket $BUCKET) in $((SECONDS - began)) s"
 }
 
+# The gateway's pid, from its pid file.
+gateway_pid() {
+  cat "$1/run/client.rgw.a.pid"
+}
+
+stop_gateway() {
+  local dir=$1 pid
+  pid=$(gateway_pid "$dir")
+  kill "$pid"
+  for _ in $(seq 150); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+start_gateway() {
+  local dir=$1 endpoint
+  endpoint=$(sed -E 's/.*"endpoint": "([^"]+)".*/\1/' "$dir/env.json")
+  timeout 60 radosgw -c "$dir/ceph.conf" -n client.rgw.a
+  for _ in $(seq 300); do
+    curl -s -o /dev/null "$endpoint/" && return 0
+    sleep 0.1
+  done
+  echo "rgw.sh: the gateway did not answer at $endpoint" >&2
+  exit 1
+}
+
 case "${1:-}" in
   start) [ $# = 3 ] || [ $# = 4 ] || usage; start "$2" "$3" "${4:-}" ;;
   stop) [ $# = 2 ] || usage; stop "$2" ;;
+  stop-gateway) [ $# = 2 ] || usage; stop_gateway "$2" ;;
+  start-gateway) [ $# = 2 ] || usage; start_gateway "$2" ;;
   *) usage ;;
 esac

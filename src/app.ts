@@ -2,12 +2,14 @@
 
 import { LRUCache } from "lru-cache";
 import type { Cache } from "./cache/cache.ts";
+import type { Cluster } from "./cluster/cluster.ts";
 import type { Config } from "./config.ts";
 import { handleBlob } from "./handlers/blob.ts";
 import type { HandlerContext } from "./handlers/context.ts";
 import { handleBase, handleReferrers, handleTags } from "./handlers/listing.ts";
 import { handleManifest } from "./handlers/manifest.ts";
 import { handleOps } from "./handlers/ops.ts";
+import { handlePeer } from "./handlers/peer.ts";
 import { log, type RequestRecord } from "./log.ts";
 import type { MirrorMetrics } from "./metrics.ts";
 import { isDigestReference } from "./oci/names.ts";
@@ -24,6 +26,8 @@ export interface AppDeps {
   /** Each registry's upstreams: its primary and fallbacks. */
   clients: Map<string, Upstreams>;
   cache: Cache;
+  /** Replicas sharing the bucket; undefined when alone. */
+  cluster?: Cluster;
   metrics: MirrorMetrics;
   policy: Policy;
   limits: Limits;
@@ -81,6 +85,7 @@ export function createApp(
       config: deps.config,
       upstream,
       cache: deps.cache,
+      cluster: deps.cluster,
       now: deps.now ?? Date.now,
       record,
       defer: (fn) => deferred.push(fn),
@@ -93,7 +98,8 @@ export function createApp(
       if (oversized) throw oversized;
       const decided = route(request, deps.config);
       // Probes and scrapes answer whatever the load: a busy pod must not be restarted as dead.
-      if (decided instanceof RegistryError || !isProbe(decided)) {
+      // Replicas (authenticated by the router) stream fills that clients elsewhere wait for.
+      if (decided instanceof RegistryError || !(isProbe(decided) || decided.kind === "peer")) {
         const admitted = deps.limits.admit(client);
         if (admitted instanceof RegistryError) throw admitted;
         deferred.push(admitted);
@@ -102,12 +108,12 @@ export function createApp(
       kind = decided.kind === "ops" ? decided.endpoint : decided.kind;
       describe(decided, record);
       // Who asks, then what for: all before any cache or upstream work.
-      if (deps.auth && !PUBLIC_ENDPOINTS.has(kind)) {
+      if (deps.auth && !PUBLIC_ENDPOINTS.has(kind) && kind !== "peer") {
         const who = await deps.auth.authenticate(request, client);
         if (who instanceof RegistryError) throw who;
         record.user = who.user;
       }
-      if (decided.kind !== "ops" && decided.kind !== "base") {
+      if (decided.kind !== "ops" && decided.kind !== "base" && decided.kind !== "peer") {
         const denied = deps.policy.check(decided.registry, decided.name);
         if (denied) throw denied;
         const registry = deps.config.registries.get(decided.registry);
@@ -194,6 +200,8 @@ function dispatch(r: Route, request: Request, ctx: HandlerContext): Promise<Resp
       return handleTags(r, request, ctx);
     case "referrers":
       return handleReferrers(r, request, ctx);
+    case "peer":
+      return handlePeer(r, request, ctx);
     default:
       return handleBase(request);
   }
@@ -202,6 +210,10 @@ function dispatch(r: Route, request: Request, ctx: HandlerContext): Promise<Resp
 function describe(r: Route, record: RequestRecord): void {
   if (r.kind === "base" || r.kind === "ops") return;
   record.registry = r.registry;
+  if (r.kind === "peer") {
+    record.reference = r.digest;
+    return;
+  }
   record.repository = r.name;
   if (r.kind === "manifest") record.reference = r.reference;
   if (r.kind === "blob" || r.kind === "referrers") record.reference = r.digest;

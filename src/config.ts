@@ -46,8 +46,15 @@ export interface Config {
     /** Keep the cache in an S3 bucket; `dir` then holds only the spools of fills in flight. */
     s3?: S3Config;
   };
-  /** Replicas sharing one bucket (validated only, for now). */
-  cluster?: { advertise?: URL; secret?: string; leaseTtlMs: number };
+  /** Replicas sharing one bucket: one upstream fetch per blob for the fleet. */
+  cluster?: {
+    /** Where the other replicas reach this one (env MIRROR_CLUSTER_ADVERTISE). */
+    advertise: URL;
+    /** Opens the internal endpoint between replicas (env MIRROR_CLUSTER_SECRET). */
+    secret: string;
+    /** How long a lease lasts unless renewed: how soon a dead replica's fill is taken over. */
+    leaseTtlMs: number;
+  };
   upstream: { idleTimeoutMs: number; retries: number };
   /** Serve HTTPS (HTTP/2 by ALPN) with these PEM files, reloaded when they change. */
   tls?: { cert: string; key: string; reloadCheckMs: number };
@@ -195,6 +202,8 @@ function parseUpstream(text: string): URL | undefined {
 }
 
 const Listen = parsed(parseListen, 'expected "host:port" with a port 1-65535');
+const Advertise = parsed(parseUpstream, "expected an http(s) URL");
+const ClusterSecret = v.pipe(v.string(), v.regex(TOKEN, "expected 16 or more characters"));
 
 const Upstream = v.optional(
   parsed(parseUpstream, "expected an http(s) URL without query or credentials"),
@@ -291,8 +300,8 @@ export const ConfigFileSchema = strict({
   cluster: v.optional(
     v.pipe(
       strict({
-        advertise: v.optional(parsed(parseUpstream, "expected an http(s) URL")),
-        secret: v.optional(v.pipe(v.string(), v.regex(TOKEN, "expected 16 or more characters"))),
+        advertise: v.optional(Advertise),
+        secret: v.optional(ClusterSecret),
         leaseTtl: duration("15s"),
       }),
       v.transform(({ leaseTtl, ...rest }) => ({ ...rest, leaseTtlMs: leaseTtl })),
@@ -417,7 +426,7 @@ export function buildConfig(raw: unknown, sources: ConfigSources): Config {
     aliases,
     hosts,
     cache: cacheConfig(file.cache, env),
-    cluster: file.cluster,
+    cluster: clusterConfig(file, env),
     upstream: file.upstream,
     tls: file.tls,
     auth,
@@ -444,6 +453,34 @@ function cacheConfig(
   }
   const endpoint = s3.endpoint ?? new URL(`https://s3.${s3.region}.amazonaws.com`);
   return { ...cache, s3: { ...s3, bucket, endpoint, accessKeyId, secretAccessKey } };
+}
+
+/**
+ * The cluster's settings, env MIRROR_CLUSTER_ADVERTISE and MIRROR_CLUSTER_SECRET over the file's
+ * (each replica has its own address): replicas share fills through the bucket, so `cache.s3` and
+ * both values are needed.
+ */
+function clusterConfig(
+  { cluster, cache }: v.InferOutput<typeof ConfigFileSchema>,
+  env: ConfigSources["env"],
+): Config["cluster"] {
+  if (!cluster) return undefined;
+  const advertise = env.MIRROR_CLUSTER_ADVERTISE
+    ? validate(Advertise, env.MIRROR_CLUSTER_ADVERTISE, "MIRROR_CLUSTER_ADVERTISE")
+    : cluster.advertise;
+  const secret = env.MIRROR_CLUSTER_SECRET
+    ? validate(ClusterSecret, env.MIRROR_CLUSTER_SECRET, "MIRROR_CLUSTER_SECRET")
+    : cluster.secret;
+  if (!cache.s3) {
+    throw new ConfigError("config: cluster: replicas share fills through a bucket: set cache.s3");
+  }
+  if (!advertise || !secret) {
+    throw new ConfigError(
+      "config: cluster: set advertise (this replica's URL for the others, or env " +
+        "MIRROR_CLUSTER_ADVERTISE) and secret (or env MIRROR_CLUSTER_SECRET)",
+    );
+  }
+  return { advertise, secret, leaseTtlMs: cluster.leaseTtlMs };
 }
 
 /** Runs `schema` on `input`; the first issue becomes a one-line ConfigError naming its key path. */
@@ -556,8 +593,8 @@ export function describeConfig(config: Config): Record<string, unknown> {
     },
     cluster: config.cluster && {
       ...config.cluster,
-      advertise: config.cluster.advertise?.href,
-      secret: config.cluster.secret && "***",
+      advertise: config.cluster.advertise.href,
+      secret: "***",
     },
     upstream: config.upstream,
     tls: config.tls,

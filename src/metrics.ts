@@ -173,7 +173,8 @@ export class MirrorMetrics {
   });
   readonly storeErrors: Counter<"operation"> = new Counter({
     name: "registry_mirror_store_errors_total",
-    help: "Requests to the S3 store that failed: no answer, or an error status other than 404.",
+    help: "Requests to the S3 store that failed: no answer, or an error status other than 404 " +
+      "and 412.",
     labelNames: ["operation"],
     registers: [this.registry],
   });
@@ -214,6 +215,13 @@ export class MirrorMetrics {
     "registry_mirror_fills_uncached_total",
     "Blob fills whose bytes reached clients without being cached (disk error, too large).",
   );
+  readonly clusterSources: LiveCounter<"source"> = new LiveCounter({
+    name: "registry_mirror_cluster_fill_sources_total",
+    help: "Where this replica's fills read from: upstream (it held the lease), peer (the " +
+      "holder's fill) or bucket (committed meanwhile).",
+    labelNames: ["source"],
+    registers: [this.registry],
+  });
   readonly cacheSize: Gauge = this.#gauge(
     "registry_mirror_cache_size_bytes",
     "Bytes held in the cache.",
@@ -266,7 +274,10 @@ export class MirrorMetrics {
   readonly storeRequest = (operation: string, status: number, seconds: number): void => {
     this.storeRequests.inc({ operation, status: String(status) });
     this.storeLatency.observe({ operation }, seconds);
-    if (status === 0 || (status >= 400 && status !== 404)) this.storeErrors.inc({ operation });
+    // 404: not stored; 412: a lease another replica holds (a conditional create that lost).
+    if (status === 0 || (status >= 400 && status !== 404 && status !== 412)) {
+      this.storeErrors.inc({ operation });
+    }
   };
 
   /** Registers a callback that sets values from live state before each render. */

@@ -1,5 +1,7 @@
 // route(): the pure routing function. Request + config -> which handler, registry, name and reference.
 
+import { createHash, timingSafeEqual } from "node:crypto";
+import { CLUSTER_PREFIX, PEER_PATH } from "./cluster/peer.ts";
 import type { Config } from "./config.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { isDigestReference, isValidDigest, isValidName, isValidTag } from "./oci/names.ts";
@@ -27,7 +29,9 @@ export type Route =
     /** The client's `ns` parameter, kept on rewritten links. */
     ns?: string;
   }
-  | Target & { kind: "referrers"; digest: string; artifactType?: string };
+  | Target & { kind: "referrers"; digest: string; artifactType?: string }
+  /** Another replica asks for this replica's fill of a blob (authenticated by cluster.secret). */
+  | { kind: "peer"; registry: string; digest: string };
 
 /** The operator's endpoints, outside `/v2/`: a registry client never asks for them. */
 export type OpsEndpoint = "dashboard" | "stats" | "metrics" | "healthz" | "readyz";
@@ -75,6 +79,7 @@ export function route(request: Request, config: Config): Route | RegistryError {
       { status: 405, headers: { allow: "GET, HEAD" } },
     );
   }
+  if (url.pathname.startsWith(CLUSTER_PREFIX)) return peerRoute(request, url, config);
   const m = /^(?:\/([^/]+))?\/v2(?:\/(.*))?$/.exec(url.pathname);
   if (!m) {
     return new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });
@@ -180,6 +185,50 @@ export function route(request: Request, config: Config): Route | RegistryError {
       return { kind: "tags", ...target, n, last, clientPath, ns };
     }
   }
+}
+
+/**
+ * The internal endpoint between replicas: only with `cluster.secret` configured, only for a GET
+ * carrying it (compared in constant time), only for a configured registry and a valid digest.
+ */
+function peerRoute(request: Request, url: URL, config: Config): Route | RegistryError {
+  const secret = config.cluster?.secret;
+  const m = PEER_PATH.exec(url.pathname);
+  if (secret === undefined || m === null) {
+    return new RegistryError("UNSUPPORTED", `no such endpoint: ${url.pathname}`, { status: 404 });
+  }
+  if (request.method !== "GET") {
+    return new RegistryError(
+      "UNSUPPORTED",
+      `${request.method} is not supported on the cluster endpoint`,
+      { status: 405, headers: { allow: "GET" } },
+    );
+  }
+  const given = /^Bearer (.+)$/.exec(request.headers.get("authorization") ?? "")?.[1];
+  if (given === undefined || !sameSecret(given, secret)) {
+    return new RegistryError(
+      "UNAUTHORIZED",
+      "the cluster endpoint is only for replicas sharing this mirror's cluster.secret",
+      { headers: { "www-authenticate": 'Bearer realm="registry-mirror cluster"' } },
+    );
+  }
+  let registry: string | undefined;
+  try {
+    registry = decodeURIComponent(m[1]);
+  } catch { /* malformed %-escape: no such registry */ }
+  if (registry === undefined || !config.registries.has(registry)) {
+    return new RegistryError("NAME_UNKNOWN", `registry "${m[1]}" is not configured`);
+  }
+  if (!isValidDigest(m[2])) {
+    return new RegistryError("DIGEST_INVALID", `invalid digest "${m[2]}"`);
+  }
+  return { kind: "peer", registry, digest: m[2] };
+}
+
+/** True when `given` is `secret`, in time that does not depend on where they differ. */
+function sameSecret(given: string, secret: string): boolean {
+  const hash = (text: string) => createHash("sha256").update(text).digest();
+  return timingSafeEqual(hash(given), hash(secret));
 }
 
 /** RFC 3986 `host [":" port]`: a reg-name (unreserved, sub-delims, %XX), IPv4 or [IPv6]. */

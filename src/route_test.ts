@@ -121,7 +121,7 @@ const TABLE: [string, string, string, string, string][] = [
 Deno.test("route: every routing form picks the right registry, name and reference", () => {
   for (const [path, registry, name, ref, kind] of TABLE) {
     const got = routed(kind as Route["kind"], path);
-    if (got.kind === "base" || got.kind === "ops") throw new Error(path);
+    if (got.kind === "base" || got.kind === "ops" || got.kind === "peer") throw new Error(path);
     deepEqual([got.registry, got.name], [registry, name], path);
     if (got.kind === "manifest") equal(got.reference, ref, path);
     if (got.kind === "blob" || got.kind === "referrers") equal(got.digest, ref, path);
@@ -532,4 +532,65 @@ Deno.test("route: over HTTP/2 (no Host header) hosts maps the :authority in requ
   const got = route(new Request(url), config);
   ok(!(got instanceof RegistryError) && got.kind === "manifest");
   deepEqual([got.registry, got.name], ["quay.io", "org/img"]);
+});
+
+Deno.test("route: the cluster endpoint opens only to cluster.secret, for a registry and a digest", () => {
+  const secret = "cluster-secret-0123456789";
+  const clustered = buildConfig({
+    registries: { "localhost:5000": { upstream: "http://127.0.0.1:5000" } },
+    cache: { s3: { bucket: "b", accessKeyId: "k", secretAccessKey: "s" } },
+    cluster: { advertise: "http://10.0.0.5:8080", secret },
+  }, { env: {}, readTextFile: () => "" });
+  const ask = (path: string, init: { method?: string; authorization?: string } = {}) =>
+    route(
+      new Request(`http://mirror.test${path}`, {
+        method: init.method ?? "GET",
+        headers: init.authorization === undefined ? {} : { authorization: init.authorization },
+      }),
+      clustered,
+    );
+  const path = `/_cluster/fills/localhost%3A5000/${D}`;
+  deepEqual(ask(path, { authorization: `Bearer ${secret}` }), {
+    kind: "peer",
+    registry: "localhost:5000",
+    digest: D,
+  });
+  const refused: [string, { method?: string; authorization?: string }, number, string][] = [
+    [path, {}, 401, "UNAUTHORIZED"],
+    [path, { authorization: `Bearer ${secret}x` }, 401, "UNAUTHORIZED"],
+    [path, { authorization: `Basic ${btoa(`x:${secret}`)}` }, 401, "UNAUTHORIZED"],
+    [path, { authorization: `Bearer ${secret}`, method: "DELETE" }, 405, "UNSUPPORTED"],
+    [`/_cluster/fills/quay.iox/${D}`, { authorization: `Bearer ${secret}` }, 404, "NAME_UNKNOWN"],
+    [`/_cluster/fills/%E0%A4%A/${D}`, { authorization: `Bearer ${secret}` }, 404, "NAME_UNKNOWN"],
+    [
+      "/_cluster/fills/localhost%3A5000/sha256:abc",
+      { authorization: `Bearer ${secret}` },
+      400,
+      "DIGEST_INVALID",
+    ],
+    [
+      `/_cluster/fills/localhost%3A5000/${D}/x`,
+      { authorization: `Bearer ${secret}` },
+      404,
+      "UNSUPPORTED",
+    ],
+    ["/_cluster/leases", { authorization: `Bearer ${secret}` }, 404, "UNSUPPORTED"],
+  ];
+  for (const [p, init, status, code] of refused) {
+    const got = ask(p, init);
+    ok(got instanceof RegistryError, `${p} ${JSON.stringify(init)} was routed`);
+    deepEqual([got.status, got.code], [status, code], `${p} ${JSON.stringify(init)}`);
+    ok(!got.message.includes(secret), "the secret is never echoed");
+  }
+  const challenge = ask(path) as RegistryError;
+  equal(challenge.headers["www-authenticate"], 'Bearer realm="registry-mirror cluster"');
+  // Without a cluster the endpoint does not exist, whatever the request carries.
+  const alone = route(
+    new Request(`http://mirror.test/_cluster/fills/docker.io/${D}`, {
+      headers: { authorization: `Bearer ${secret}` },
+    }),
+    config,
+  );
+  ok(alone instanceof RegistryError);
+  deepEqual([alone.status, alone.code], [404, "UNSUPPORTED"]);
 });

@@ -11,6 +11,10 @@ import { startRegistry } from "./fixtures/registry.ts";
 import { pushImage, pushLargeBlobImage } from "./fixtures/seed.ts";
 import { emptyPrefix, keysUnder, RGW_TOOLS, s3Settings } from "./fixtures/rgw.ts";
 import { runCleanup } from "./fixtures/cleanup.ts";
+import { logMark, requestLines } from "./fixtures/clients/assertions.ts";
+import { hostsToml, startContainerd, writeHostsDir } from "./fixtures/clients/containerd.ts";
+import { cleanUpDir } from "./fixtures/clients/process.ts";
+import { skopeoCopy } from "./fixtures/clients/skopeo.ts";
 import { runTask } from "./fixtures/task.ts";
 import { freePort, skipUnless } from "./fixtures/tools.ts";
 import { waitFor } from "./fixtures/wait.ts";
@@ -156,6 +160,26 @@ Deno.test({
         equal(usage.blobs.bytes, image.layer.size + big.blob.size);
       });
 
+      await t.step("cache gc evicts the bucket beside running mirrors", async () => {
+        const gc = await runTask(
+          ["cache", "gc", "--max-size", "1MiB", "--config", `${dir}/b/config.json`],
+          credentials(s3),
+        );
+        equal(gc.code, 0, gc.stderr);
+        match(gc.stdout, /^evicted \d+ objects \(.+\); bucket now .+$/m);
+        const blobs = await keysUnder(s3, "blobs/");
+        ok(!blobs.includes(`blobs/sha256/${big.blob.digest.slice(7)}`), "the big blob evicted");
+        const du = await runTask(
+          ["cache", "du", "--json", "--config", `${dir}/b/config.json`],
+          credentials(s3),
+        );
+        ok(JSON.parse(du.stdout).total.bytes <= 1024 * 1024);
+        // Evicted is a miss again, fetched upstream and cached.
+        const blob = await fetch(first.url + bigBlob);
+        deepEqual([blob.status, blob.headers.get("x-cache")], [200, "MISS"]);
+        equal(await digestOf(blob.body!), big.blob.digest);
+      });
+
       await t.step("bytes that do not match their digest never reach the bucket", async () => {
         const other = await pushImage(registry.url, "org/other", "v1", {
           files: { "x.txt": "corrupted on the way\n".repeat(5000) },
@@ -225,6 +249,122 @@ Deno.test({
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "s3: redirect: stored blobs answer 307 to a presigned URL; skopeo and containerd pull",
+  ...skipUnless(["docker-registry", "skopeo", "containerd", "ctr", ...RGW_TOOLS]),
+  async fn(t) {
+    const dir = await Deno.makeTempDir({ prefix: "s3_redirect_test_" });
+    const cleanup: (() => unknown)[] = [() => cleanUpDir(dir)];
+    try {
+      const s3 = await s3Settings();
+      cleanup.push(() => emptyPrefix(s3));
+      const registry = await startRegistry({ dir: `${dir}/upstream` });
+      cleanup.push(() => registry.stop());
+      const proxy = startFaultProxy(registry.url);
+      cleanup.push(() => proxy.stop());
+      const cache = cacheOn(`${dir}/mirror/cache`, s3);
+      const mirror = await startMirror(`${dir}/mirror`, {
+        registries: { "quay.io": { upstream: proxy.url } },
+        cache: { ...cache, s3: { ...cache.s3, redirect: true } },
+        upstream: { retries: 0 },
+      }, credentials(s3));
+      cleanup.push(() => mirror.stop());
+      const image = await pushImage(registry.url, "org/app", "v1", {
+        files: { "hello.txt": "hello through a presigned URL\n".repeat(1000) },
+        format: "oci",
+        gzipLevel: 0,
+      });
+      const blobs = [image.config, image.layer];
+      const blobUrl = (digest: string) => `${mirror.url}/v2/quay.io/org/app/blobs/${digest}`;
+
+      await t.step("a miss is served by the mirror, then stored blobs redirect", async () => {
+        for (const { digest } of blobs) {
+          const miss = await fetch(blobUrl(digest));
+          deepEqual([miss.status, miss.headers.get("x-cache")], [200, "MISS"]);
+          equal(await digestOf(miss.body!), digest);
+        }
+        await waitFor("the blobs in the bucket", async () => {
+          const keys = await keysUnder(s3, "blobs/");
+          return blobs.every((b) => keys.includes(`blobs/sha256/${b.digest.slice(7)}`));
+        });
+        const from = proxy.requests.length;
+        const redirected = await fetch(blobUrl(image.layer.digest), { redirect: "manual" });
+        equal(redirected.status, 307);
+        equal(redirected.headers.get("x-cache"), "HIT");
+        const location = new URL(redirected.headers.get("location")!);
+        equal(location.origin, s3.endpoint.origin);
+        equal(location.searchParams.get("X-Amz-Expires"), "300");
+        ok(location.searchParams.has("X-Amz-Signature"));
+        await redirected.body?.cancel();
+        const followed = await fetch(location);
+        deepEqual([followed.status, await digestOf(followed.body!)], [200, image.layer.digest]);
+        const ranged = await fetch(blobUrl(image.layer.digest), {
+          headers: { range: "bytes=10-" },
+        });
+        equal(ranged.status, 206);
+        equal((await ranged.arrayBuffer()).byteLength, image.layer.size - 10);
+        const head = await fetch(blobUrl(image.layer.digest), { method: "HEAD" });
+        deepEqual([head.status, head.headers.get("content-length")], [
+          200,
+          String(image.layer.size),
+        ]);
+        deepEqual(proxy.requests.slice(from), [], "the bytes came from the bucket");
+        // A tampered URL is refused by S3 itself.
+        location.searchParams.set("X-Amz-Expires", "3000");
+        const tampered = await fetch(location);
+        equal(tampered.status, 403);
+        await tampered.body?.cancel();
+      });
+
+      const redirects = (from: number) =>
+        requestLines(mirror, from).filter((p) =>
+          String(p?.path).includes("/blobs/") && p?.status === 307
+        ).length;
+
+      await t.step("skopeo copy follows the redirects", async () => {
+        const from = logMark(mirror);
+        const out = `${dir}/skopeo`;
+        await skopeoCopy(`127.0.0.1:${mirror.port}/quay.io/org/app:v1`, out);
+        for (const { digest } of blobs) {
+          equal(await digestOf((await Deno.open(`${out}/${digest.slice(7)}`)).readable), digest);
+        }
+        equal(redirects(from), 2, "config and layer redirected");
+      });
+
+      await t.step("containerd pulls through the redirects", async () => {
+        const containerd = await startContainerd(`${dir}/containerd`);
+        cleanup.push(() => containerd.stop());
+        const hostsDir = `${dir}/containerd/certs.d`;
+        await writeHostsDir(hostsDir, {
+          "quay.io": hostsToml("https://quay.io", [{ url: mirror.url }]),
+        });
+        const from = logMark(mirror);
+        const reference = "quay.io/org/app:v1";
+        await containerd.ctr([
+          "images",
+          "pull",
+          "--snapshotter",
+          "native",
+          "--hosts-dir",
+          hostsDir,
+          reference,
+        ]);
+        const listed = (await containerd.ctr(["images", "ls"])).split("\n")
+          .map((line) => line.split(/\s+/)).find((cols) => cols[0] === reference);
+        equal(listed?.[2], image.digest);
+        equal(redirects(from), 2, "config and layer redirected");
+      });
+
+      await t.step("no presigned URL is ever logged", () => {
+        const output = mirror.output();
+        ok(!/X-Amz-Signature|X-Amz-Credential/i.test(output), "a presigned URL in the log");
+      });
+    } finally {
+      await runCleanup(cleanup);
     }
   },
 });

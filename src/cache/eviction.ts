@@ -25,6 +25,8 @@ export class Eviction {
   readonly #entries = new Map<string, Entry>();
   readonly #pins = new Map<string, number>();
   readonly #touched = new Set<string>();
+  /** Hits on objects the index does not hold (another replica stored them in the bucket). */
+  readonly #touchedUnindexed = new Map<string, Omit<Entry, "size">>();
   readonly #now: () => number;
   #bytes = 0;
   /** Bytes promised to fills in flight (their Content-Length), counted in `#bytes` too. */
@@ -108,7 +110,11 @@ export class Eviction {
   touched(kind: ObjectKind, digest: string): void {
     const key = `${kind}:${digest}`;
     const entry = this.#entries.get(key);
-    if (!entry) return;
+    if (!entry) {
+      // Persisted too: whoever evicts the shared bucket needs every replica's hits.
+      this.#touchedUnindexed.set(key, { kind, digest, accessedMs: this.#now() });
+      return;
+    }
     entry.accessedMs = this.#now();
     this.#touched.add(key);
   }
@@ -145,10 +151,13 @@ export class Eviction {
   async flush(): Promise<void> {
     const keys = [...this.#touched];
     this.#touched.clear();
+    const unindexed = [...this.#touchedUnindexed.values()];
+    this.#touchedUnindexed.clear();
     for (const key of keys) {
       const entry = this.#entries.get(key);
       if (entry) await this.#store.touch(entry.kind, entry.digest, entry.accessedMs);
     }
+    for (const t of unindexed) await this.#store.touch(t.kind, t.digest, t.accessedMs);
   }
 
   /** Stops the flush timer after a last flush. */

@@ -8,7 +8,8 @@ import type { S3Config } from "../config.ts";
 import { log } from "../log.ts";
 import { digestOf } from "../oci/digest.ts";
 import { isValidDigest } from "../oci/names.ts";
-import { checkBucket, S3Client } from "../s3/client.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { checkBucket, S3Client, S3Error } from "../s3/client.ts";
 import { listObjects, mapLimit } from "../s3/list.ts";
 import { type MultipartOptions, putFileMultipart } from "../s3/multipart.ts";
 import { openedS3Blob } from "./s3_blob.ts";
@@ -30,6 +31,11 @@ const MULTIPART: MultipartOptions = { partSize: 16 * 1024 ** 2, inFlight: 2 };
 const MAX_PARTS = 10_000;
 /** Small objects (access times, tag records) read at once when listing. */
 const READS_IN_FLIGHT = 8;
+/**
+ * How long a presigned blob URL works: long enough for a client to follow the redirect (S3 checks
+ * the expiry when a GET starts, so a long download is not cut), short since anyone may use it.
+ */
+const PRESIGNED_SECONDS = 300;
 /** Bytes written (and fsynced) to the spool directory to tell whether it takes writes. */
 const PROBE_BYTES = 64 * 1024;
 
@@ -99,9 +105,23 @@ export class S3Store implements Store {
 
   async openBlob(digest: string): Promise<OpenedBlob | undefined> {
     const key = this.#key("blob", digest);
+    const size = await available(this.#storedSize(key));
+    return size === undefined ? undefined : openedS3Blob(this.client, key, size);
+  }
+
+  /** The size of the object `key`, or undefined when there is none. */
+  async #storedSize(key: string): Promise<number | undefined> {
     const head = await this.client.send("HeadObject", "HEAD", key, { expect: [200, 404] });
-    if (head.status === 404) return undefined;
-    return openedS3Blob(this.client, key, Number(head.headers.get("content-length")));
+    await head.body?.cancel();
+    return head.status === 404 ? undefined : Number(head.headers.get("content-length"));
+  }
+
+  /**
+   * A URL where a client GETs the blob itself for the next `expiresSeconds`: a credential, never
+   * logged.
+   */
+  presignBlob(digest: string, expiresSeconds = PRESIGNED_SECONDS): Promise<string> {
+    return this.client.presign(this.#key("blob", digest), expiresSeconds);
   }
 
   async createSpool(): Promise<Spool> {
@@ -109,10 +129,20 @@ export class S3Store implements Store {
     return { path, file: await Deno.open(path, { write: true, createNew: true }) };
   }
 
-  /** Uploads the spool under the blob's key (S3 checks the payload's sha256), then removes it. */
+  /**
+   * Uploads the spool under the blob's key (S3 checks the payload's sha256), then removes it. A
+   * blob another replica committed meanwhile (same digest, same size) is not uploaded again.
+   */
   async commitBlob(spoolPath: string, digest: string): Promise<void> {
     const key = this.#key("blob", digest);
     const { size } = await Deno.stat(spoolPath);
+    if (await this.#storedSize(key) === size) {
+      log.debug("{digest} is in the bucket already (another replica committed it): kept as is", {
+        digest,
+      });
+      await Deno.remove(spoolPath);
+      return;
+    }
     if (size > this.#multipartAbove) {
       const { partSize, inFlight } = this.#multipart;
       await putFileMultipart(this.client, key, { path: spoolPath, size, digest }, {
@@ -149,12 +179,14 @@ export class S3Store implements Store {
 
   async getManifest(digest: string): Promise<Uint8Array<ArrayBuffer> | undefined> {
     const key = this.#key("manifest", digest);
-    const response = await this.client.send("GetObject", "GET", key, { expect: [200, 404] });
+    const response = await available(
+      this.client.send("GetObject", "GET", key, { expect: [200, 404] }),
+    );
     if (response.status === 404) {
       await response.body?.cancel();
       return undefined;
     }
-    const data = new Uint8Array(await response.arrayBuffer());
+    const data = new Uint8Array(await available(response.arrayBuffer()));
     if (digestOf(data, digest) === digest) return data;
     log.warn("cached manifest {digest} does not match its digest: removed", { digest });
     await this.delete("manifest", digest);
@@ -186,6 +218,17 @@ export class S3Store implements Store {
     }
   }
 
+  /** Bytes of every blob and manifest, from listings only. */
+  async size(): Promise<number> {
+    let bytes = 0;
+    for (const kind of ["blob", "manifest"] as const) {
+      for await (const { size } of listObjects(this.client, `${this.#prefix}${KINDS[kind]}/`)) {
+        bytes += size;
+      }
+    }
+    return bytes;
+  }
+
   /** The access times persisted by `touch`, by `kind:digest`. */
   async #accessTimes(): Promise<Map<string, number>> {
     const root = `${this.#prefix}access/`;
@@ -212,7 +255,7 @@ export class S3Store implements Store {
   }
 
   async getTag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined> {
-    const text = await this.#getText(this.#tagKey(registry, repository, tag));
+    const text = await available(this.#getText(this.#tagKey(registry, repository, tag)));
     return text === undefined ? undefined : parseTag(text)?.record;
   }
 
@@ -222,7 +265,7 @@ export class S3Store implements Store {
   }
 
   async deleteTag(registry: string, repository: string, tag: string): Promise<void> {
-    await this.#delete(this.#tagKey(registry, repository, tag));
+    await available(this.#delete(this.#tagKey(registry, repository, tag)));
   }
 
   async *listTags(): AsyncIterable<ListedTag> {
@@ -243,7 +286,10 @@ export class S3Store implements Store {
 
   async hasLink(registry: string, repository: string, digest: string): Promise<boolean> {
     const key = this.#linkKey(registry, repository, digest);
-    const head = await this.client.send("HeadObject", "HEAD", key, { expect: [200, 404] });
+    const head = await available(
+      this.client.send("HeadObject", "HEAD", key, { expect: [200, 404] }),
+    );
+    await head.body?.cancel();
     return head.status === 200;
   }
 
@@ -306,6 +352,22 @@ function parseTag(
     return { record: { digest, mediaType, size, checkedAt }, repository, tag };
   } catch {
     return undefined; // unreadable: the tag is checked upstream again
+  }
+}
+
+/**
+ * `operation`'s result; its failure (the bucket down, refusing, failing) as a 503 a client can act
+ * on (fall back, retry), rather than an internal error. The message names no endpoint or key.
+ */
+async function available<T>(operation: Promise<T>): Promise<T> {
+  try {
+    return await operation;
+  } catch (e) {
+    const reason = e instanceof S3Error ? `it answered ${e.status} ${e.code}` : "no answer";
+    throw new RegistryError("UNAVAILABLE", `the cache's bucket is unavailable (${reason})`, {
+      status: 503,
+      cause: e,
+    });
   }
 }
 

@@ -47,7 +47,8 @@ example:
   ls   every cached tag: image, digest, media type, last upstream check (tab-separated)
   du   objects and bytes held, by kind: blobs, manifests, total (tab-separated)
   gc   evicts least-recently-used objects down to SIZE; refused while a server owns the cache
-       (the server evicts by itself, down to cache.maxSize)
+       (the server evicts by itself, down to cache.maxSize); on a bucket (cache.s3) it runs
+       beside the replicas, refused only while one of them is evicting
 
 ls and du only read: they are safe beside a running server.
 

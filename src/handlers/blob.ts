@@ -2,6 +2,8 @@
 
 import type { CachedBlob } from "../cache/cache.ts";
 import type { Fill } from "../cache/fill.ts";
+import { S3Store } from "../cache/s3_store.ts";
+import { log } from "../log.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Route } from "../route.ts";
 import { upstreamError } from "../upstream/errors.ts";
@@ -40,12 +42,12 @@ export async function handleBlob(
   const link = { ...route, kind: "blobs" as const };
   if (!cache.fills.get(route.registry, route.digest)) {
     // Pinned and opened before the upstream is asked anything: eviction cannot take it meanwhile.
-    const stored = await cache.openBlob(route.digest);
+    const stored = await openCached(route, ctx);
     if (stored) {
       let servable = false;
       try {
         servable = await mayServe(ctx, request, link);
-        if (servable) return serveStored(route, request, ctx, stored);
+        if (servable) return await serveStored(route, request, ctx, stored);
       } finally {
         if (!servable) {
           stored.close();
@@ -59,12 +61,18 @@ export async function handleBlob(
   }
   const origin = { registry: route.registry, repository: route.name };
   const sources: FillSources = { vias: new Set(), fallback: false };
-  const { fill: pending, joined } = cache.fill(
-    route.digest,
-    origin,
-    (offset) => openUpstream(route, request, ctx, offset, sources),
-  );
-  if (!joined) fillSources.set(pending, sources);
+  const upstream = (offset: number) => openUpstream(route, request, ctx, offset, sources);
+  // With replicas, the fill reads from the replica filling the blob, or the bucket, or upstream.
+  const source = ctx.cluster?.fill({ ...origin, digest: route.digest }, {
+    upstream,
+    stored: (offset) => openStoredSource(route, request, ctx, offset),
+    confirm: () => confirmLink(ctx, request, link),
+  });
+  const { fill: pending, joined } = cache.fill(route.digest, origin, source?.open ?? upstream);
+  if (!joined) {
+    fillSources.set(pending, sources);
+    if (source) pending.then((fill) => source.watch(fill), () => source.abandon());
+  }
   const fill = await pending;
   // A fill of this registry started for another repository: its upstream must confirm this one.
   if (fill.origin.repository !== route.name) await confirmLink(ctx, request, link);
@@ -73,12 +81,69 @@ export async function handleBlob(
   return serveFill(fill, request, ctx, joined ? undefined : sources);
 }
 
-function serveStored(
+/**
+ * The cached blob, pinned and opened; undefined when not cached, or when the store cannot be read
+ * (the bucket down): the blob is then fetched upstream like a miss.
+ */
+async function openCached(route: BlobRoute, ctx: HandlerContext): Promise<CachedBlob | undefined> {
+  try {
+    return await ctx.cache.openBlob(route.digest);
+  } catch (e) {
+    log.warn("cannot read {digest} from the cache, fetching it upstream: {error}", {
+      digest: route.digest,
+      error: String((e as Error)?.message ?? e),
+    });
+    return undefined;
+  }
+}
+
+/**
+ * A stored blob from `offset` as a fill's source (another replica committed it meanwhile), when
+ * this repository may be served it; undefined otherwise.
+ */
+async function openStoredSource(
+  route: BlobRoute,
+  request: Request,
+  ctx: HandlerContext,
+  offset: number,
+): Promise<Response | undefined> {
+  const blob = await ctx.cache.store.openBlob(route.digest);
+  if (!blob) return undefined;
+  let servable = false;
+  try {
+    servable = offset < blob.size && await mayServe(ctx, request, { ...route, kind: "blobs" });
+  } finally {
+    if (!servable) blob.close();
+  }
+  if (!servable) return undefined;
+  const headers = new Headers({ "content-length": String(blob.size - offset) });
+  if (offset > 0) headers.set("content-range", `bytes ${offset}-${blob.size - 1}/${blob.size}`);
+  return new Response(blob.stream(offset), { status: offset > 0 ? 206 : 200, headers });
+}
+
+async function serveStored(
   route: BlobRoute,
   request: Request,
   ctx: HandlerContext,
   blob: CachedBlob,
-): Response {
+): Promise<Response> {
+  const { store } = ctx.cache;
+  if (route.method === "GET" && ctx.config.cache.s3?.redirect && store instanceof S3Store) {
+    // The client fetches the bytes from the bucket itself, with a URL that expires soon.
+    blob.close();
+    blob.release();
+    const headers = cacheStatus(
+      ctx,
+      "HIT",
+      registryHeaders({
+        location: await store.presignBlob(route.digest),
+        "docker-content-digest": route.digest,
+        "content-length": "0",
+        "cache-control": "no-store",
+      }),
+    );
+    return new Response(null, { status: 307, headers });
+  }
   ctx.defer(blob.release);
   const range = parseRange(request.headers.get("range"), blob.size);
   if (range === "unsatisfiable" || route.method === "HEAD") blob.close();

@@ -1,6 +1,7 @@
 // What every handler receives: the config, the upstream clients and the request's log record.
 
 import type { Cache, CacheStatus } from "../cache/cache.ts";
+import type { Cluster } from "../cluster/cluster.ts";
 import type { Config } from "../config.ts";
 import type { RequestRecord } from "../log.ts";
 import type { Progress } from "../upstream/client.ts";
@@ -12,6 +13,8 @@ export interface HandlerContext {
   /** The upstreams (primary and fallbacks) of a configured registry. */
   upstream: (registry: string) => Upstreams;
   cache: Cache;
+  /** Replicas sharing the bucket (fleet-wide single fetch); undefined when alone. */
+  cluster?: Cluster;
   /** Clock (ms since the epoch), for tag TTLs. */
   now: () => number;
   /** Filled in by the handler; logged when the response completes. */

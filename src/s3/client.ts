@@ -149,6 +149,35 @@ export class S3Client {
     if (answer.status !== 200) throw await errorOf("PutObject", key, answer.status, answer.text);
   }
 
+  /**
+   * PUTs a small `body` under `key` only if no object has that key (`If-None-Match: *`): true when
+   * created, false when the key exists (412). S3 decides atomically: of concurrent creates, one wins.
+   */
+  async createIfAbsent(key: string, body: string): Promise<boolean> {
+    const response = await this.send("PutObject", "PUT", key, {
+      body,
+      headers: { "if-none-match": "*" },
+      expect: [200, 412],
+    });
+    await response.body?.cancel();
+    return response.status === 200;
+  }
+
+  /**
+   * A GET URL of `key` that anyone holding it may use for `expiresSeconds` (a query-signed URL):
+   * a credential, never to be logged.
+   */
+  async presign(key: string, expiresSeconds: number): Promise<string> {
+    const url = this.url(key, { "X-Amz-Expires": String(expiresSeconds) });
+    const signer = new AwsV4Signer({
+      ...this.#credentials(),
+      method: "GET",
+      url: url.href,
+      signQuery: true,
+    });
+    return (await signer.sign()).url.href;
+  }
+
   async #sign(method: string, url: URL, headers: Record<string, string>) {
     const signer = new AwsV4Signer({ ...this.#credentials(), method, url: url.href, headers });
     const signed: Record<string, string> = {};
