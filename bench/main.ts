@@ -18,6 +18,7 @@ import { crowdScenario } from "./scenarios/crowd.ts";
 import { herdScenario } from "./scenarios/herd.ts";
 import { manifestScenario } from "./scenarios/manifest.ts";
 import { pullScenarios } from "./scenarios/pulls.ts";
+import { s3Scenario } from "./scenarios/s3.ts";
 import { slowScenario } from "./scenarios/slow.ts";
 import { startupScenario } from "./scenarios/startup.ts";
 import { type Systems, systems } from "./systems.ts";
@@ -39,6 +40,7 @@ const RUNNERS: [ScenarioId[], Runner][] = [
   [["herd"], async (...a) => [await herdScenario(...a)]],
   [["slow"], async (...a) => [await slowScenario(...a)]],
   [["startup"], async (...a) => [await startupScenario(...a)]],
+  [["s3"], async (...a) => [await s3Scenario(...a)]],
 ];
 
 function say(text: string): void {

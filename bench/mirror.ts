@@ -4,6 +4,7 @@
 import type { CacheProcess } from "./distribution.ts";
 import { freePort } from "../tests/fixtures/tools.ts";
 import { cpuSeconds, peakRss, spawnLogged, tailOf, waitHttp } from "./proc.ts";
+import type { BucketSettings } from "./rgw.ts";
 
 /** Options of {@linkcode startMirrorProcess}. */
 export interface MirrorOptions {
@@ -23,6 +24,10 @@ export interface MirrorOptions {
   noWait?: boolean;
   /** cache.tagTtl (default: the mirror's default). */
   tagTtl?: string;
+  /** cache.s3: keep the cache in this bucket, under `prefix` (`dir` then holds only spools). */
+  s3?: BucketSettings;
+  /** Join the replicas sharing `s3` and this cluster secret (advertising this mirror's URL). */
+  clusterSecret?: string;
 }
 
 /** A running mirror; `spawnedAt` is performance.now() just before the process was spawned. */
@@ -49,7 +54,14 @@ export async function startMirrorProcess(opts: MirrorOptions): Promise<MirrorPro
     JSON.stringify({
       listen: `127.0.0.1:${port}`,
       registries: { "docker.io": { upstream: opts.upstream } },
-      cache: { dir: opts.cacheDir ?? `${opts.dir}/cache`, tagTtl: opts.tagTtl },
+      cache: {
+        dir: opts.cacheDir ?? `${opts.dir}/cache`,
+        tagTtl: opts.tagTtl,
+        s3: opts.s3 && { ...opts.s3, forcePathStyle: true },
+      },
+      cluster: opts.clusterSecret === undefined
+        ? undefined
+        : { advertise: `http://127.0.0.1:${port}`, secret: opts.clusterSecret },
     }),
   );
   const profile = opts.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${opts.cpuProfDir}`] : [];

@@ -2,9 +2,19 @@
 
 import { parseArgs } from "node:util";
 import { parseSize } from "../src/units.ts";
+import { type Rgw, rgwAt } from "./rgw.ts";
 
 /** Every scenario, in the order they run and appear in the table. */
-export const SCENARIOS = ["cold", "warm", "crowd", "manifest", "herd", "slow", "startup"] as const;
+export const SCENARIOS = [
+  "cold",
+  "warm",
+  "crowd",
+  "manifest",
+  "herd",
+  "slow",
+  "startup",
+  "s3",
+] as const;
 
 /** A scenario id. */
 export type ScenarioId = typeof SCENARIOS[number];
@@ -35,6 +45,8 @@ export interface Options {
   slowRuns: number;
   /** Cached objects fabricated for the start-up scenario. */
   objects: number;
+  /** An RGW already running for the s3 scenario (`--rgw-dir`); by default one is booted. */
+  rgw?: Rgw;
   /** Scenarios to run. */
   only: ScenarioId[];
   /** Markdown report to write (BENCHMARKS.md); its text outside the generated part is kept. */
@@ -96,6 +108,7 @@ export function parseOptions(argv: string[]): Options {
       "cpu-prof": { type: "string" },
       "mirror-root": { type: "string" },
       "mirror-rev": { type: "string" },
+      "rgw-dir": { type: "string" },
     },
   });
   const smoke = values.smoke ?? false;
@@ -121,6 +134,7 @@ export function parseOptions(argv: string[]): Options {
     slowSeconds: count(pick(values["slow-seconds"], "10", "1"), "slow-seconds"),
     slowRuns: count(pick(values["slow-runs"], "2", "1"), "slow-runs"),
     objects: count(pick(values.objects, "100000", "1000"), "objects"),
+    rgw: values["rgw-dir"] === undefined ? undefined : rgwAt(values["rgw-dir"]),
     only,
     out: values.out ?? `${ROOT}BENCHMARKS.md`,
     json: values.json,

@@ -36,6 +36,7 @@ export const TITLES: Record<ScenarioId, string> = {
   herd: "concurrent clients on one cold big blob",
   slow: "slow (rate-limited) clients on a warm blob",
   startup: "start-up with many cached objects",
+  s3: "the cache in S3 (Ceph RGW)",
 };
 
 /** The header of the results table, column by column. */

@@ -4,6 +4,7 @@
 import { type CacheProcess, startDistributionProxy } from "./distribution.ts";
 import type { BenchEnv } from "./env.ts";
 import { type MirrorProcess, startMirrorProcess } from "./mirror.ts";
+import type { BucketSettings } from "./rgw.ts";
 
 /** The caches measured side by side. */
 export type CacheKind = "mirror" | "distribution";
@@ -13,12 +14,18 @@ export interface Systems {
   /** Starts registry-mirror with its config and log in `dir` (cache in `dir/cache`). */
   mirror(
     dir: string,
-    opts?: { noWait?: boolean; cacheDir?: string; tagTtl?: string },
+    opts?: {
+      noWait?: boolean;
+      cacheDir?: string;
+      tagTtl?: string;
+      s3?: BucketSettings;
+      clusterSecret?: string;
+    },
   ): Promise<MirrorProcess>;
-  /** Starts Distribution's proxy with its storage in `dir/data`. */
-  distribution(dir: string): Promise<CacheProcess>;
-  /** Starts one of the two. */
-  start(kind: CacheKind, dir: string): Promise<CacheProcess>;
+  /** Starts Distribution's proxy with its storage in `dir/data`, or in the bucket `s3`. */
+  distribution(dir: string, s3?: BucketSettings): Promise<CacheProcess>;
+  /** Starts one of the two (with its cache in the bucket `s3` when given). */
+  start(kind: CacheKind, dir: string, s3?: BucketSettings): Promise<CacheProcess>;
   stopAll(): Promise<void>;
 }
 
@@ -51,10 +58,14 @@ export function systems(
           cacheDir: opts.cacheDir,
           noWait: opts.noWait,
           tagTtl: opts.tagTtl,
+          s3: opts.s3,
+          clusterSecret: opts.clusterSecret,
         }),
       ),
-    distribution: async (dir) => track(await startDistributionProxy(dir, env.nginx.proxyUrl)),
-    start: (kind, dir) => kind === "mirror" ? self.mirror(dir) : self.distribution(dir),
+    distribution: async (dir, s3) =>
+      track(await startDistributionProxy(dir, env.nginx.proxyUrl, s3)),
+    start: (kind, dir, s3) =>
+      kind === "mirror" ? self.mirror(dir, { s3 }) : self.distribution(dir, s3),
     stopAll: async () => {
       await Promise.all([...live].map((p) => p.stop()));
     },

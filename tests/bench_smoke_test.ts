@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { bench } from "../bench/main.ts";
 import { parseOptions, SCENARIOS } from "../bench/options.ts";
 import { BEGIN, COLUMNS, END, type ScenarioResult, TITLES } from "../bench/report.ts";
+import { rgw, RGW_TOOLS } from "./fixtures/rgw.ts";
 import { skipUnless } from "./fixtures/tools.ts";
 
 function raw(results: ScenarioResult[], id: string): Record<string, unknown> {
@@ -18,13 +19,16 @@ function cells(line: string): string[] {
 
 Deno.test({
   name: "bench --smoke writes a well-formed table with a row per scenario and sane numbers",
-  ...skipUnless(["/usr/bin/docker-registry", "/usr/sbin/nginx", "wrk", "curl"]),
+  ...skipUnless(["/usr/bin/docker-registry", "/usr/sbin/nginx", "wrk", "curl", ...RGW_TOOLS]),
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "bench_smoke_" });
     try {
       const out = `${dir}/BENCHMARKS.md`;
       await Deno.writeTextFile(out, "# Kept\n\nhand-written analysis\n");
-      const { results } = await bench(parseOptions(["--smoke", "--out", out]));
+      // The s3 scenario runs on this test process's RGW (shared with the other test files) rather
+      // than booting one of its own.
+      const opts = { ...parseOptions(["--smoke", "--out", out]), rgw: await rgw() };
+      const { results } = await bench(opts);
 
       const report = await Deno.readTextFile(out);
       assert.ok(report.startsWith("# Kept\n\nhand-written analysis\n"), "text outside kept");
@@ -74,6 +78,21 @@ Deno.test({
 
       const startup = raw(results, "startup") as { runs: { ready: number; hit: number }[] };
       assert.ok(startup.runs.every((run) => run.ready > 0 && run.hit >= run.ready));
+
+      const s3 = raw(results, "s3") as Record<string, number[]> & {
+        herds: Record<string, { originX: number; complete: number }[]>;
+      };
+      for (const key of ["cold.mirror", "cold.distribution", "warm.mirror", "warm.distribution"]) {
+        assert.ok(s3[key].every((rate) => rate > 0), key);
+      }
+      const once = s3["origin.mirror"][0];
+      assert.ok(once >= 1 && once < 1.01, `one blob from the origin per cold pull: ${once}x`);
+      assert.ok(s3["origin.distribution"][0] >= 1);
+      assert.equal(s3["warmOrigin.mirror"][0], 0, "a warm pull is served from the bucket");
+      assert.ok(s3["stored.mirror"][0] > 0, "the blob reached the bucket");
+      assert.ok(s3.herds.mirror[0].originX >= 1 && s3.herds.mirror[0].originX < 1.01);
+      assert.equal(s3.herds.mirror[0].complete, clients, "every client got the blob");
+      assert.ok(s3.herds.distribution[0].originX >= 1);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
