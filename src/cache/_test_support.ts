@@ -225,19 +225,19 @@ export function fullAfter(spool: Spool, limit: number, onFull?: () => void): Spo
   const file = spool.file;
   let written = 0;
   const fake = {
-    writeSync(data: Uint8Array): number {
+    async write(data: Uint8Array): Promise<number> {
       if (written >= limit) {
         onFull?.();
         throw enospc();
       }
-      const n = file.writeSync(data.subarray(0, limit - written));
+      const n = await file.write(data.subarray(0, limit - written));
       written += n;
       return n;
     },
     syncData: () => file.syncData(),
     close: () => file.close(),
   };
-  // A fill uses only writeSync, syncData and close of its spool file: the rest is not faked.
+  // A fill uses only write, syncData and close of its spool file: the rest is not faked.
   return { path: spool.path, file: fake as unknown as Deno.FsFile };
 }
 
@@ -246,14 +246,14 @@ export function discarding(spool: Spool): { spool: Spool; written: () => number 
   const file = spool.file;
   let written = 0;
   const fake = {
-    writeSync(data: Uint8Array): number {
+    write(data: Uint8Array): Promise<number> {
       written += data.length;
-      return data.length;
+      return Promise.resolve(data.length);
     },
     syncData: () => file.syncData(),
     close: () => file.close(),
   };
-  // A fill uses only writeSync, syncData and close of its spool file: the rest is not faked.
+  // A fill uses only write, syncData and close of its spool file: the rest is not faked.
   return {
     spool: { path: spool.path, file: fake as unknown as Deno.FsFile },
     written: () => written,

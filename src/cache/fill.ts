@@ -1,10 +1,17 @@
-// One blob in flight: the bytes an upstream fill has received, in its spool file (or, once the
-// fill stopped caching, in memory), which any number of clients follow at their own pace.
+// One blob in flight: the bytes an upstream fill has received, in its spool file and, for the
+// latest ones (or all of them once the fill stopped caching), in memory, which any number of
+// clients follow at their own pace.
 
+import { SpoolBlocks } from "./spool_blocks.ts";
 import type { Store } from "./store.ts";
 
-/** Largest chunk a follower reads from the spool at once. */
-const READ_CHUNK = 64 * 1024;
+/**
+ * The last bytes received that a caching fill keeps in memory, in the spool or not: followers
+ * close behind the fill take them from there, shared, instead of reading the spool. The fill reads
+ * upstream at most half of this (and a chunk) ahead of its fastest follower, whose bytes are thus
+ * still in memory.
+ */
+export const WINDOW = 4 * 1024 * 1024;
 /** Upstream bytes held in memory for clients of a fill that stopped caching, at most. */
 export const PASS_THROUGH_BUFFER = 8 * 1024 * 1024;
 /** How long the spool of a fill that did not cache waits for a client that joined to attach. */
@@ -23,26 +30,31 @@ export class Fill {
   readonly size?: number;
   /** The registry and repository the fill was started for. */
   readonly origin: { registry: string; repository: string };
-  readonly #spoolPath?: string;
-  readonly #store: Store;
   /** Bytes received from upstream so far. */
   received = 0;
-  /** Bytes [0, stored) are in the spool file; the rest, once caching stopped, only in memory. */
+  /** Bytes [0, stored) are in the spool file; the rest only in memory. */
   stored = 0;
   /** False once the fill stopped writing to disk: it then only passes bytes through. */
   caching: boolean;
   /** Set when the fill ended: undefined on success. */
   error?: Error;
   settled = false;
-  /** The chunk written last: followers caught up with the fill take it from memory, not disk. */
-  #latest?: { offset: number; chunk: Uint8Array };
-  /** Once caching stopped: received chunks some follower has not read yet. */
+  /**
+   * Received chunks in memory, in order: every one not yet in the spool (being written, or passed
+   * through once caching stopped) and, while caching, the last WINDOW bytes of those that are.
+   */
   #memory: { offset: number; chunk: Uint8Array }[] = [];
   #memoryBytes = 0;
+  /** The spool as followers behind the memory read it. */
+  readonly #spool: SpoolBlocks;
   readonly #followers = new Set<Follower>();
   #hadFollowers = false;
-  #wake: (() => void)[] = [];
-  #roomWaiter?: () => void;
+  /** Followers waiting for more bytes or the end share one promise, settled by notify(). */
+  #changes?: { promise: Promise<void>; resolve: () => void };
+  /** The pump waiting for room (pass-through) or for its fastest follower (caching). */
+  #pumpWaiter?: () => void;
+  /** False once the fastest follower stalled: the pump then reads as fast as upstream sends. */
+  #paced = true;
   /** Called once no follower needs the spool any more and the pump is done with it. */
   #onIdle?: () => void;
   #graceTimer?: ReturnType<typeof setTimeout>;
@@ -57,35 +69,36 @@ export class Fill {
     this.digest = digest;
     this.size = size;
     this.origin = origin;
-    this.#spoolPath = spoolPath;
-    this.#store = store;
     this.caching = spoolPath !== undefined;
+    this.#spool = new SpoolBlocks(() => store.openFill(spoolPath!, digest));
   }
 
-  /** Records a chunk received from upstream (written to the spool while caching). */
+  /** Records a chunk received from upstream; it must not change afterwards (followers share it). */
   appended(chunk: Uint8Array): void {
-    if (this.caching) {
-      this.#latest = { offset: this.received, chunk };
-      this.stored += chunk.length;
-    } else {
-      this.#memory.push({ offset: this.received, chunk });
-      this.#memoryBytes += chunk.length;
-    }
+    this.#memory.push({ offset: this.received, chunk });
+    this.#memoryBytes += chunk.length;
     this.received += chunk.length;
     this.notify();
+  }
+
+  /** Records that the next `bytes` received bytes are in the spool. */
+  wrote(bytes: number): void {
+    this.stored += bytes;
+    this.#trim();
   }
 
   /** Stops writing to disk: what is in the spool stays readable, the rest passes through memory. */
   stopCaching(): void {
     this.caching = false;
-    this.#latest = undefined;
+    this.#trim();
+    this.#wakePump(); // from paced(): room() is its wait now
   }
 
   /** Wakes every follower waiting for more bytes or the end. */
   notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const resolve of wake) resolve();
+    const changes = this.#changes;
+    this.#changes = undefined;
+    changes?.resolve();
   }
 
   /**
@@ -102,14 +115,41 @@ export class Fill {
       if (this.#memoryBytes <= PASS_THROUGH_BUFFER) return;
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`clients read nothing for ${CLIENT_STALL_MS} ms`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.#roomWaiter = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
+      await this.#pumpWaits(left);
     }
+  }
+
+  /** Resolves when a follower moved (or the fill stopped caching), or after `ms`. */
+  #pumpWaits(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#pumpWaiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /**
+   * Resolves once the fastest follower is less than half a WINDOW behind what was received, or
+   * there is none: a fill goes as fast as its fastest client or the upstream, whichever is slower,
+   * and its bytes reach that client from memory. Slower clients read the spool at their own pace.
+   */
+  async paced(): Promise<void> {
+    const deadline = Date.now() + CLIENT_STALL_MS;
+    while (this.caching && this.#paced && this.#behind()) {
+      const left = deadline - Date.now();
+      // A client that takes nothing for that long no longer sets the pace: the fill runs free.
+      if (left <= 0) this.#paced = false;
+      else await this.#pumpWaits(left);
+    }
+  }
+
+  #behind(): boolean {
+    if (this.#followers.size === 0) return false;
+    let lead = 0;
+    for (const f of this.#followers) lead = Math.max(lead, f.pos);
+    return lead + WINDOW / 2 <= this.received;
   }
 
   /** Registers what to do once the pump and every follower are done with the spool. */
@@ -137,37 +177,53 @@ export class Fill {
     }
   }
 
-  /** Drops memory chunks every follower has read; wakes the pump when there is room. */
+  /**
+   * Drops the chunks in memory that the spool holds (keeping the last WINDOW bytes while caching)
+   * and, once caching stopped, those every follower has read; wakes the pump when it may go on.
+   */
   #trim(): void {
-    // Before its first client attaches, a fill keeps what it received for it.
-    if (this.#memory.length === 0 || this.#followers.size === 0) return;
-    let lowest = Infinity;
+    // Before its first client attaches, a fill that stopped caching keeps what it received for it.
+    let lowest = this.#followers.size === 0 ? 0 : Infinity;
     for (const f of this.#followers) lowest = Math.min(lowest, f.pos);
     while (this.#memory.length > 0) {
       const first = this.#memory[0];
-      if (first.offset + first.chunk.length > lowest) break;
+      const end = first.offset + first.chunk.length;
+      const stored = end <= this.stored &&
+        (!this.caching || this.#memoryBytes - first.chunk.length >= WINDOW);
+      const read = !this.caching && end <= lowest;
+      if (!stored && !read) break;
       this.#memory.shift();
       this.#memoryBytes -= first.chunk.length;
     }
-    if (this.#memoryBytes <= PASS_THROUGH_BUFFER && this.#roomWaiter) {
-      const wake = this.#roomWaiter;
-      this.#roomWaiter = undefined;
-      wake();
+    if (this.caching ? !this.#behind() : this.#memoryBytes <= PASS_THROUGH_BUFFER) {
+      this.#wakePump();
     }
   }
 
+  #wakePump(): void {
+    const wake = this.#pumpWaiter;
+    this.#pumpWaiter = undefined;
+    wake?.();
+  }
+
   #changed(): Promise<void> {
-    return new Promise((resolve) => this.#wake.push(resolve));
+    if (!this.#changes) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => resolve = r);
+      this.#changes = { promise, resolve };
+    }
+    return this.#changes.promise;
   }
 
   /** The bytes at `pos` (up to `stop`) held in memory, if any. */
   #fromMemory(pos: number, stop: number): Uint8Array | undefined {
-    const latest = this.#latest;
-    const chunks = latest ? [latest] : this.#memory;
-    for (const { offset, chunk } of chunks) {
+    // Followers are mostly close behind the fill: the newest chunks are looked at first.
+    for (let i = this.#memory.length - 1; i >= 0; i--) {
+      const { offset, chunk } = this.#memory[i];
       if (pos >= offset && pos < offset + chunk.length) {
         return chunk.subarray(pos - offset, stop - offset);
       }
+      if (pos >= offset + chunk.length) return undefined;
     }
     return undefined;
   }
@@ -185,16 +241,12 @@ export class Fill {
     const me: Follower = { pos: start };
     this.#followers.add(me);
     this.#hadFollowers = true;
-    let file: Deno.FsFile | undefined;
-    /** Where the next read from `file` starts. */
-    let filePos = 0;
     let released = false;
     const done = (complete = false) => {
-      file?.close();
-      file = undefined;
       if (!released) {
         released = true;
         this.#followers.delete(me);
+        if (this.#followers.size === 0) this.#spool.close().catch(() => {});
         this.#trim();
         this.#checkIdle();
         release(me.pos - start, complete);
@@ -223,25 +275,12 @@ export class Fill {
             await this.#changed();
           }
           const stop = Math.min(end ?? Infinity, available);
-          const part = this.#fromMemory(me.pos, stop);
-          if (part) {
-            me.pos += part.length;
-            this.#trim();
-            return out.enqueue(part);
-          }
-          if (me.pos >= this.stored) {
-            throw new Error(`a client fell behind the uncached fill of ${this.digest}`);
-          }
-          file ??= await this.#store.openFill(this.#spoolPath!, this.digest);
-          if (filePos !== me.pos) await file.seek(me.pos, Deno.SeekMode.Start);
-          const buffer = new Uint8Array(Math.min(READ_CHUNK, Math.min(stop, this.stored) - me.pos));
-          // The bytes were just written: a synchronous read copies them from the page cache.
-          const n = file.readSync(buffer);
-          if (n === null) throw new Error(`spool of ${this.digest} ended early`);
-          me.pos += n;
-          filePos = me.pos;
+          let part = this.#fromMemory(me.pos, stop);
+          if (!part && me.pos < this.stored) part = await this.#spool.at(me.pos, stop, this.stored);
+          if (!part) throw new Error(`a client fell behind the uncached fill of ${this.digest}`);
+          me.pos += part.length;
           this.#trim();
-          out.enqueue(n === buffer.length ? buffer : buffer.subarray(0, n));
+          out.enqueue(part);
         } catch (e) {
           done();
           out.error(e);

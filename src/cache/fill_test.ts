@@ -223,7 +223,7 @@ Deno.test("fill: a full disk mid-fill passes the bytes through without resuming 
   const eager = readAll(t.cache.follow(fill, 0, undefined, ignore));
   const lazy = t.cache.follow(fill, 0, undefined, ignore); // read only once the fill is over
   await full.promise;
-  equal(fill.caching, false);
+  await waitFor("the fill to stop caching", () => !fill.caching);
   equal(t.cache.eviction.stats().reserved, 0, "the reservation is released");
   // The failed fill is no longer joined: a new request starts a fill of its own.
   const again = upstream(() => Promise.reject(new RegistryError("BLOB_UNKNOWN", "gone")));
@@ -343,7 +343,8 @@ Deno.test("fill: the Content-Length is reserved during a fill and becomes the ob
   );
   const fill = await t.cache.fill(digest, ORIGIN, up.open).fill;
   const reading = readAll(t.cache.follow(fill, 0, undefined, ignore));
-  // Room is reserved a step (a 16th of maxSize) ahead of what was written, not the whole claim.
+  await waitFor("the first chunk", () => fill.received === 100 * KiB);
+  // Room is reserved a step (a 16th of maxSize) ahead of what was received, not the whole claim.
   const during = t.cache.eviction.stats();
   deepEqual({ ...during, reserved: 0 }, {
     objects: 1,

@@ -303,9 +303,14 @@ export function retryAfterMs(value: string | null, now: number): number | undefi
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
+/** Chunk size for default (non-BYOB) readers of a watched body, as Deno's own fetch bodies. */
+const DEFAULT_READ = 64 * 1024;
+
 /**
  * Wraps the body so that waiting more than `idleMs` for the next chunk aborts the upstream
- * request. Time spent while the client is not reading does not count: only pending reads do.
+ * request. Time spent while the client is not reading does not count: only pending reads do. The
+ * wrapper is a byte stream: a BYOB reader (the fill's pump) reads straight into its own buffer,
+ * in as big a read as the upstream has ready, with one hand-off per read.
  */
 function watchIdle(
   response: Response,
@@ -315,11 +320,15 @@ function watchIdle(
   onEnd: (bytes: number) => void,
 ): Response {
   if (!response.body || [204, 205, 304].includes(response.status)) return response;
-  const reader = response.body.getReader();
+  const byob = byobReader(response.body);
+  const plain = byob ? undefined : response.body.getReader();
+  const reader = byob ?? plain!;
   let waitingSince = 0;
   let bytes = 0;
   /** Rejects the read in progress: an aborted fetch does not always error its body. */
   let idle: ((reason: unknown) => void) | undefined;
+  const stalled = new Promise<never>((_, reject) => idle = reject);
+  stalled.catch(() => {});
   const end = () => {
     clearInterval(timer);
     onEnd(bytes);
@@ -333,24 +342,35 @@ function watchIdle(
     }
   }, Math.max(10, Math.min(1000, idleMs / 4)));
   Deno.unrefTimer(timer);
-  const body = new ReadableStream<Uint8Array>({
+  const source: UnderlyingByteSource = {
+    type: "bytes",
+    // Default readers get chunks of this size; a BYOB reader's own buffer is used as it is.
+    autoAllocateChunkSize: DEFAULT_READ,
     async pull(out) {
+      // Always set, for default readers too (autoAllocateChunkSize).
+      const request = out.byobRequest!;
       waitingSince = Date.now();
       try {
         const { done, value } = await Promise.race([
-          reader.read(),
-          new Promise<never>((_, reject) => idle = reject),
+          byob ? byob.read(request.view as Uint8Array<ArrayBuffer>) : plain!.read(),
+          stalled,
         ]);
         waitingSince = 0;
         if (done) {
           end();
           out.close();
+          // A BYOB read hands its (transferred, empty) view back; a default read has none.
+          if (value) request.respondWithNewView(value);
+          else request.respond(0);
           return;
         }
         bytes += value.byteLength;
         progress.upstreamBytes += value.byteLength;
-        out.enqueue(value);
+        // The source's read transferred the request's buffer: answer with the view it returned.
+        if (byob) request.respondWithNewView(value);
+        else out.enqueue(value);
       } catch (e) {
+        waitingSince = 0;
         end();
         reader.cancel(e).catch(() => {});
         progress.error = String((e as Error)?.message ?? e);
@@ -361,10 +381,21 @@ function watchIdle(
       end();
       return reader.cancel(reason);
     },
-  }, { highWaterMark: 0 });
-  return new Response(body, {
+  };
+  return new Response(new ReadableStream(source), {
     status: response.status,
     statusText: response.statusText,
     headers: response.headers,
   });
+}
+
+/** A BYOB reader of `stream` when it is a byte stream (fetch bodies are), else undefined. */
+function byobReader(
+  stream: ReadableStream<Uint8Array>,
+): ReadableStreamBYOBReader | undefined {
+  try {
+    return stream.getReader({ mode: "byob" });
+  } catch {
+    return undefined;
+  }
 }

@@ -1,0 +1,84 @@
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { patterned } from "./_test_support.ts";
+import { BLOCK, SpoolBlocks } from "./spool_blocks.ts";
+
+/** A temp file holding `bytes`; `opens` and `reads` count what SpoolBlocks did with it. */
+async function spoolFile(bytes: Uint8Array) {
+  const path = await Deno.makeTempFile({ prefix: "spool-blocks-test-" });
+  await Deno.writeFile(path, bytes);
+  const counts = { opens: 0, reads: 0 };
+  const files: Deno.FsFile[] = [];
+  const open = async () => {
+    counts.opens++;
+    const file = await Deno.open(path);
+    files.push(file);
+    const readSync = file.readSync.bind(file);
+    file.readSync = (buffer: Uint8Array) => {
+      counts.reads++;
+      return readSync(buffer);
+    };
+    return file;
+  };
+  return {
+    open,
+    counts,
+    async [Symbol.asyncDispose]() {
+      for (const file of files) {
+        try {
+          file.close();
+        } catch { /* closed by the blocks */ }
+      }
+      await Deno.remove(path);
+    },
+  };
+}
+
+Deno.test("spool blocks: followers at one position share one read of each block", async () => {
+  const bytes = patterned(4 * BLOCK + 1000);
+  await using spool = await spoolFile(bytes);
+  const blocks = new SpoolBlocks(spool.open);
+  const positions = Array.from({ length: 20 }, () => 0);
+  const got: Uint8Array[][] = positions.map(() => []);
+  while (positions.some((pos) => pos < bytes.length)) {
+    // Every follower asks at once, as fifty clients of one blob do.
+    await Promise.all(positions.map(async (pos, i) => {
+      if (pos >= bytes.length) return;
+      const part = await blocks.at(pos, bytes.length, bytes.length);
+      got[i].push(part);
+      positions[i] += part.length;
+    }));
+  }
+  for (const parts of got) {
+    deepEqual(new Uint8Array(await new Blob(parts as BlobPart[]).arrayBuffer()), bytes);
+  }
+  equal(spool.counts.opens, 1);
+  ok(spool.counts.reads <= 5 + 1, `${spool.counts.reads} reads for 5 blocks and 20 followers`);
+  await blocks.close();
+});
+
+Deno.test("spool blocks: a block ends at the bytes stored and at the follower's stop", async () => {
+  const bytes = patterned(3 * BLOCK);
+  await using spool = await spoolFile(bytes);
+  const blocks = new SpoolBlocks(spool.open);
+  // The file holds more than `stored` (a write landing): those bytes are not read yet.
+  const first = await blocks.at(10, 3 * BLOCK, 1000);
+  deepEqual(first, bytes.subarray(10, 1000));
+  // A range ending early gets only its bytes; the block read for it serves later positions too.
+  const short = await blocks.at(2000, 2100, 3 * BLOCK);
+  deepEqual(short, bytes.subarray(2000, 2100));
+  const after = await blocks.at(2100, 3 * BLOCK, 3 * BLOCK);
+  deepEqual(after, bytes.subarray(2100, 2000 + BLOCK));
+  equal(spool.counts.reads, 2);
+  await blocks.close();
+});
+
+Deno.test("spool blocks: after close, the next read opens the spool again", async () => {
+  const bytes = patterned(1000);
+  await using spool = await spoolFile(bytes);
+  const blocks = new SpoolBlocks(spool.open);
+  deepEqual(await blocks.at(0, 1000, 1000), bytes);
+  await blocks.close();
+  deepEqual(await blocks.at(500, 1000, 1000), bytes.subarray(500));
+  equal(spool.counts.opens, 2);
+  await blocks.close();
+});
