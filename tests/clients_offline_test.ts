@@ -166,19 +166,8 @@ Deno.test({
       const hostsDir = `${dir}/containerd/certs.d`;
       let containers = 0;
       const ctrPull = async (image: TestImage) => {
-        const ctr = containerd!.ctr;
-        await ctr([
-          "images",
-          "pull",
-          "--snapshotter",
-          "native",
-          "--hosts-dir",
-          hostsDir,
-          image.reference,
-        ]);
-        const listed = (await ctr(["images", "ls"])).split("\n")
-          .map((line) => line.split(/\s+/)).find((cols) => cols[0] === image.reference);
-        equal(listed?.[2], image.digest, `${image.reference}: listed digest`);
+        const listed = await containerd!.pull(image.reference, hostsDir);
+        equal(listed, image.digest, `${image.reference}: listed digest`);
         const output = await containerd!.runImage(
           image.reference,
           `clients-offline-${++containers}`,

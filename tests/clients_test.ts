@@ -169,18 +169,8 @@ Deno.test({
           /** `ctr images pull --hosts-dir`, then the listed digest and `ctr run` output. */
           const pullAndRun = async (image: TestImage, hosts = hostsDir) => {
             const from = logMark(m);
-            await containerd.ctr([
-              "images",
-              "pull",
-              "--snapshotter",
-              "native",
-              "--hosts-dir",
-              hosts,
-              image.reference,
-            ]);
-            const listed = (await containerd.ctr(["images", "ls"])).split("\n")
-              .map((line) => line.split(/\s+/)).find((cols) => cols[0] === image.reference);
-            equal(listed?.[2], image.digest, `${image.reference}: listed digest`);
+            const listed = await containerd.pull(image.reference, hosts);
+            equal(listed, image.digest, `${image.reference}: listed digest`);
             const output = await containerd.runImage(
               image.reference,
               `clients-test-${++containers}`,

@@ -200,18 +200,8 @@ Deno.test({
           });
           const from = mirror.logs().length;
           const reference = "docker.io/fb/containerd-app:1";
-          await containerd.ctr([
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            hostsDir,
-            reference,
-          ]);
-          const listed = (await containerd.ctr(["images", "ls"])).split("\n")
-            .map((line) => line.split(/\s+/)).find((cols) => cols[0] === reference);
-          equal(listed?.[2], forContainerd.digest, "listed digest");
+          const listed = await containerd.pull(reference, hostsDir);
+          equal(listed, forContainerd.digest, "listed digest");
           servedByCopy(from, "containerd-app", forContainerd);
         } finally {
           await containerd.stop();

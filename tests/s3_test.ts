@@ -344,18 +344,8 @@ Deno.test({
         });
         const from = logMark(mirror);
         const reference = "quay.io/org/app:v1";
-        await containerd.ctr([
-          "images",
-          "pull",
-          "--snapshotter",
-          "native",
-          "--hosts-dir",
-          hostsDir,
-          reference,
-        ]);
-        const listed = (await containerd.ctr(["images", "ls"])).split("\n")
-          .map((line) => line.split(/\s+/)).find((cols) => cols[0] === reference);
-        equal(listed?.[2], image.digest);
+        const listed = await containerd.pull(reference, hostsDir);
+        equal(listed, image.digest);
         equal(redirects(from), 2, "config and layer redirected");
       });
 

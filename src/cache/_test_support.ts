@@ -8,7 +8,8 @@ import { Cache } from "./cache.ts";
 import { FsStore } from "./fs_store.ts";
 import type { OpenUpstream } from "./fills.ts";
 import { S3Store } from "./s3_store.ts";
-import type { ObjectKind, Spool, Store } from "./store.ts";
+import { OCI_MANIFEST } from "../oci/media_types.ts";
+import type { ObjectKind, Spool, Store, TagRecord } from "./store.ts";
 
 /** Where a fill test's blob comes from. */
 export const ORIGIN = { registry: "docker.io", repository: "library/alpine" };
@@ -402,4 +403,28 @@ export async function exists(path: string): Promise<boolean> {
     if (e instanceof Deno.errors.NotFound) return false;
     throw e;
   }
+}
+
+/** A tag record of the store tests. */
+export const RECORD: TagRecord = {
+  digest: sha256(new TextEncoder().encode("manifest")),
+  mediaType: OCI_MANIFEST,
+  size: 8,
+  checkedAt: 1_700_000_000_000,
+};
+
+/** A valid OCI manifest, different for each `seed`. */
+export function manifestBytes(seed: string): Uint8Array<ArrayBuffer> {
+  const doc = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: {
+      mediaType: "application/vnd.oci.image.config.v1+json",
+      digest: RECORD.digest,
+      size: 8,
+    },
+    layers: [],
+    annotations: { seed },
+  };
+  return new TextEncoder().encode(JSON.stringify(doc, null, 2)); // newlines inside, on purpose
 }

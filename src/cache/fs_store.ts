@@ -5,6 +5,7 @@ import { log } from "../log.ts";
 import { digestOf } from "../oci/digest.ts";
 import { isValidDigest } from "../oci/names.ts";
 import { fileStream } from "./file_stream.ts";
+import { KINDS } from "./store.ts";
 import type {
   ListedTag,
   ObjectInfo,
@@ -15,7 +16,6 @@ import type {
   TagRecord,
 } from "./store.ts";
 
-const KINDS: Record<ObjectKind, string> = { blob: "blobs", manifest: "manifests" };
 /** Longest encoded repository name kept as a directory name; longer ones are hashed. */
 const MAX_NAME_PART = 200;
 /** Bytes written (and fsynced) to tell whether the disk takes writes. */

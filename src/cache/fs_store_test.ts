@@ -2,36 +2,16 @@ import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
 import {
   assertBody,
+  manifestBytes,
   patterned,
   putBlob,
   readAll,
+  RECORD,
   sha256,
   tempStore,
   tmpEntries,
 } from "./_test_support.ts";
-import type { ListedTag, ObjectInfo, TagRecord } from "./store.ts";
-
-const RECORD: TagRecord = {
-  digest: sha256(new TextEncoder().encode("manifest")),
-  mediaType: OCI_MANIFEST,
-  size: 8,
-  checkedAt: 1_700_000_000_000,
-};
-
-function manifestBytes(seed: string): Uint8Array<ArrayBuffer> {
-  const doc = {
-    schemaVersion: 2,
-    mediaType: OCI_MANIFEST,
-    config: {
-      mediaType: "application/vnd.oci.image.config.v1+json",
-      digest: RECORD.digest,
-      size: 8,
-    },
-    layers: [],
-    annotations: { seed },
-  };
-  return new TextEncoder().encode(JSON.stringify(doc, null, 2)); // newlines inside, on purpose
-}
+import type { ListedTag, ObjectInfo } from "./store.ts";
 
 function hexPath(dir: string, kind: "blobs" | "manifests", digest: string): string {
   return `${dir}/${kind}/sha256/${digest.slice("sha256:".length)}`;

@@ -13,6 +13,7 @@ import { checkBucket, S3Client, S3Error } from "../s3/client.ts";
 import { listObjects, mapLimit } from "../s3/list.ts";
 import { type MultipartOptions, putFileMultipart } from "../s3/multipart.ts";
 import { openedS3Blob } from "./s3_blob.ts";
+import { KINDS } from "./store.ts";
 import type {
   ListedTag,
   ObjectInfo,
@@ -23,7 +24,6 @@ import type {
   TagRecord,
 } from "./store.ts";
 
-const KINDS: Record<ObjectKind, string> = { blob: "blobs", manifest: "manifests" };
 /** The largest object S3 takes in one PUT (5 GiB); bigger blobs go up in parts. */
 const MAX_SINGLE_PUT = 5 * 1024 ** 3;
 /** Parts of 16 MiB (larger for blobs over 156 GiB: S3 takes 10,000 parts), two in flight. */

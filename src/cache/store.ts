@@ -3,6 +3,9 @@
 /** What a stored object holds. */
 export type ObjectKind = "blob" | "manifest";
 
+/** The directory (or key prefix) each kind of object is stored under. */
+export const KINDS: Record<ObjectKind, string> = { blob: "blobs", manifest: "manifests" };
+
 /** A stored object, as listed for eviction. */
 export interface ObjectInfo {
   kind: ObjectKind;
