@@ -125,11 +125,13 @@ export function route(request: Request, config: Config): Route | RegistryError {
     return new RegistryError("NAME_UNKNOWN", `registry "${registry}" is not configured`);
   }
   const clientPath = url.pathname.slice(0, url.pathname.length - op.join("/").length - 1);
-  let name = nameParts.join("/");
+  // Validated as the upstream will see it: on Docker Hub one component gets `library/`.
+  const name =
+    (registry === DOCKER_HUB && nameParts.length === 1 ? ["library", ...nameParts] : nameParts)
+      .join("/");
   if (!isValidName(name)) {
     return new RegistryError("NAME_INVALID", `invalid repository name "${name}"`);
   }
-  if (registry === DOCKER_HUB && nameParts.length === 1) name = `library/${name}`;
   const target = { registry, name };
   const method = request.method as "GET" | "HEAD";
 

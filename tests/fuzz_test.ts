@@ -252,6 +252,9 @@ Deno.test({
         deepEqual(dialled, [], `the mirror dialled a trap (${far.addr}, ${near.addr} or a proxy)`);
         const invalid = proxy.requests.map((r) => [invalidUpstream(r), r.method, r.path])
           .filter(([problem]) => problem);
+        for (const i of invalid.slice(0, 10)) {
+          console.log(`invalid upstream request: ${JSON.stringify(i)}`);
+        }
         deepEqual(invalid, [], "only valid registry reads reached the upstream");
         ok(proxy.requests.length > 0, "valid requests reached the upstream");
       });
