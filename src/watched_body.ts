@@ -23,26 +23,66 @@ export interface WatchOptions {
 export const MIN_PIECE = 64 * 1024;
 export const MAX_PIECE = 1024 * 1024;
 
+/** The send-timeout bookkeeping of one body: each ask of the server, and each piece handed over. */
+export class SendWatch {
+  #piece = MIN_PIECE / 2;
+
+  constructor(readonly sending: Sending, readonly opts: WatchOptions) {}
+
+  /** The server asks for more: the client is not waited on; returns the size of the next piece. */
+  asked(): number {
+    const { sending, opts } = this;
+    const waited = sending.waitingSince === 0 ? 0 : opts.now() - sending.waitingSince;
+    this.#piece = waited <= opts.quickMs ? Math.min(MAX_PIECE, this.#piece * 2) : MIN_PIECE;
+    sending.waitingSince = 0;
+    return this.#piece;
+  }
+
+  /** A piece was handed over, or the body ended (the rest is still in buffers): the client is waited on. */
+  handed(): void {
+    this.sending.waitingSince = this.opts.now();
+  }
+}
+
+/** Streams that call a {@linkcode SendWatch} themselves, so they are sent without a wrapper. */
+const selfWatching = new WeakMap<ReadableStream<Uint8Array>, (watch: SendWatch) => void>();
+
+/**
+ * Marks `stream` as calling the SendWatch passed to `attach` on each pull (asked, then handed):
+ * {@linkcode watchBody} then returns it as is. A cached file sent this way costs one stream, not two.
+ */
+export function selfWatched(
+  stream: ReadableStream<Uint8Array>,
+  attach: (watch: SendWatch) => void,
+): ReadableStream<Uint8Array> {
+  selfWatching.set(stream, attach);
+  return stream;
+}
+
 /**
  * `source` as a stream that sets `sending.waitingSince` while the server has not asked for more: from
  * each piece handed over until the next ask, and after the end (the rest is still in buffers).
  * While the source itself is read (a fill waiting on upstream) the client is not waited on. A byte
- * source (a cached file) is read with buffers of our own, MAX_PIECE at a time.
+ * source (a cached file) is read with buffers of our own, MAX_PIECE at a time. A source marked by
+ * {@linkcode selfWatched} is given the watch and returned unwrapped.
  */
 export function watchBody(
   source: ReadableStream<Uint8Array>,
   sending: Sending,
   opts: WatchOptions,
 ): ReadableStream<Uint8Array> {
+  const watch = new SendWatch(sending, opts);
+  const attach = selfWatching.get(source);
+  if (attach) {
+    attach(watch);
+    return source;
+  }
   const byob = isByteStream(source) ? source.getReader({ mode: "byob" }) : undefined;
   const reader = byob ?? source.getReader();
   let rest: Uint8Array | undefined;
-  let piece = MIN_PIECE / 2;
   return new ReadableStream<Uint8Array>({
     async pull(out) {
-      const waited = sending.waitingSince === 0 ? 0 : opts.now() - sending.waitingSince;
-      piece = waited <= opts.quickMs ? Math.min(MAX_PIECE, piece * 2) : MIN_PIECE;
-      sending.waitingSince = 0;
+      const piece = watch.asked();
       try {
         if (!rest) {
           const { done, value } = byob
@@ -54,7 +94,7 @@ export function watchBody(
         out.enqueue(rest.length > piece ? rest.subarray(0, piece) : rest);
         rest = rest.length > piece ? rest.subarray(piece) : undefined;
       } finally {
-        sending.waitingSince = opts.now();
+        watch.handed();
       }
     },
     cancel: (reason) => reader.cancel(reason),
