@@ -15,8 +15,8 @@ import {
   tempCacheOn,
   withFaults,
 } from "./_test_support.ts";
-import type { Cache, Manifest } from "./cache.ts";
-import type { TagRecord } from "./store.ts";
+import { type Cache, HOT_MS, type Manifest } from "./cache.ts";
+import type { Store, TagRecord } from "./store.ts";
 
 const RECORD: TagRecord = {
   digest: sha256(new TextEncoder().encode("m")),
@@ -183,3 +183,54 @@ Deno.test("cache: at most 10,000 tags are paused, least recently used forgotten 
   equal(t.cache.stalePaused("r/x:1"), false, "the least recently used pause is forgotten");
   equal(t.cache.stalePaused("r/x:2"), true);
 });
+
+storeTest(
+  "cache: tag records, manifests and links are reused from memory for HOT_MS, then read again",
+  async (b) => {
+    let now = 1_000_000;
+    let reads = 0;
+    const counting = (store: Store): Store =>
+      new Proxy(store, {
+        get(target, prop, receiver) {
+          const value = Reflect.get(target, prop, receiver);
+          if (typeof value !== "function") return value;
+          if (prop === "getTag" || prop === "getManifest" || prop === "hasLink") {
+            return (...args: unknown[]) => (reads++, value.apply(target, args));
+          }
+          return value.bind(target);
+        },
+      });
+    await using t = await tempCacheOn(b, { now: () => now, wrap: counting });
+    const manifest = manifestOf(LIST_BYTES);
+    await t.store.putManifest(manifest.digest, manifest.bytes);
+    await t.store.putTag("docker.io", "library/alpine", "3.20", RECORD);
+    await t.store.addLink("docker.io", "library/alpine", manifest.digest);
+    const lookup = async () => {
+      deepEqual(await t.cache.tag("docker.io", "library/alpine", "3.20"), RECORD);
+      equal((await t.cache.manifest(manifest.digest))?.digest, manifest.digest);
+      ok(await t.cache.hasLink("docker.io", "library/alpine", manifest.digest));
+    };
+    await lookup();
+    equal(reads, 3, "the first lookup reads the store");
+    for (let i = 0; i < 10; i++) await lookup();
+    equal(reads, 3, "within HOT_MS nothing more is read");
+    // Changed elsewhere (another replica): seen once HOT_MS passed.
+    const moved = { ...RECORD, digest: sha256(new TextEncoder().encode("other")) };
+    await t.store.putTag("docker.io", "library/alpine", "3.20", moved);
+    now += HOT_MS;
+    equal((await t.cache.tag("docker.io", "library/alpine", "3.20"))?.digest, RECORD.digest);
+    now += 1;
+    equal((await t.cache.tag("docker.io", "library/alpine", "3.20"))?.digest, moved.digest);
+    equal(reads, 4);
+    // Changed here: seen at once.
+    const kept = { ...moved, checkedAt: RECORD.checkedAt + 5 };
+    await t.cache.keepTag("docker.io", "library/alpine", "3.20", kept);
+    deepEqual(await t.cache.tag("docker.io", "library/alpine", "3.20"), kept);
+    await t.cache.dropTag("docker.io", "library/alpine", "3.20");
+    equal(await t.cache.tag("docker.io", "library/alpine", "3.20"), undefined);
+    // A manifest removed from the store (evicted) is gone from memory within HOT_MS.
+    await t.store.delete("manifest", manifest.digest);
+    now += HOT_MS + 1;
+    equal(await t.cache.manifest(manifest.digest), undefined);
+  },
+);
