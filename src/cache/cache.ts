@@ -153,12 +153,13 @@ export class Cache {
     start: number,
     end: number | undefined,
     release: (sent: number, complete: boolean) => void,
+    untilSettled = false,
   ): ReadableStream<Uint8Array> {
     const unpin = this.eviction.pin("blob", fill.digest);
     return fill.follow(start, end, (sent, complete) => {
       unpin();
       release(sent, complete);
-    });
+    }, untilSettled);
   }
 
   /** A cached manifest, verified against its digest; one that no longer parses is dropped. */

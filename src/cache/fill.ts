@@ -38,6 +38,9 @@ export class Fill {
   caching: boolean;
   /** Set when the fill ended: undefined on success. */
   error?: Error;
+  /** Every byte arrived and the digest matched; the commit may still be under way. */
+  verified = false;
+  /** The fill is over: committed (or passed through), or failed. */
   settled = false;
   /**
    * Received chunks in memory, in order: every one not yet in the spool (being written, or passed
@@ -231,13 +234,16 @@ export class Fill {
   /**
    * A stream of bytes [start, end) that follows the fill as it grows. It ends with an error (so
    * the client's connection is cut and it retries) when the fill fails, never with a short or
-   * unverified body.
+   * unverified body. Its last byte goes once the fill is verified, or with `untilSettled` once it
+   * is over (a replica streaming the fill finds the blob committed when it ends).
    */
   follow(
     start: number,
     end: number | undefined,
     release: (sent: number, complete: boolean) => void,
+    untilSettled = false,
   ): ReadableStream<Uint8Array> {
+    const over = () => this.settled || (this.verified && !untilSettled);
     const me: Follower = { pos: start };
     this.#followers.add(me);
     this.#hadFollowers = true;
@@ -264,11 +270,11 @@ export class Fill {
             }
             // The last byte waits for verification: with a Content-Length, a client takes the
             // body as complete once it has every byte, so a bad blob must end before that.
-            available = this.settled
+            available = over()
               ? this.received
               : Math.min(this.received, (this.size ?? Infinity) - 1);
             if (me.pos < available) break;
-            if (this.settled) {
+            if (over()) {
               done(true);
               return out.close();
             }

@@ -480,3 +480,59 @@ Deno.test("fill: an uncached fill waits for its slowest follower (bounded memory
   equal(sha256(got), digest);
   equal(t.cache.fills.stats.completed, 1);
 });
+
+for (const slowCommit of [false, true]) {
+  Deno.test(
+    slowCommit
+      ? "fill: a slow commit (bucket): clients end once verified, replicas once committed, the fill joinable meanwhile"
+      : "fill: a local commit: clients end once it is committed",
+    async () => {
+      const commit = deferred();
+      await using t = await tempCache({
+        wrap: (store) =>
+          withFaults(store, {
+            slowCommit,
+            commitBlob: async (spool, digest) => {
+              await commit.promise;
+              await store.commitBlob(spool, digest);
+            },
+          }),
+      });
+      const blob = patterned(300 * KiB);
+      const digest = sha256(blob);
+      const up = upstream(() => ok200(chunks(blob, 64 * KiB), blob.length));
+      const fill = await t.cache.fill(digest, ORIGIN, up.open).fill;
+      let clientEnded = false;
+      let replicaEnded = false;
+      const client = readAll(t.cache.follow(fill, 0, undefined, ignore)).finally(() =>
+        clientEnded = true
+      );
+      const replica = readAll(t.cache.follow(fill, 0, undefined, ignore, true)).finally(() =>
+        replicaEnded = true
+      );
+      if (slowCommit) {
+        assertBody(await within("the client's whole body before the commit", client), blob);
+        equal(fill.settled, false, "still committing");
+        const again = t.cache.fill(digest, ORIGIN, up.open);
+        equal(again.joined, true, "a new request joins the fill being committed");
+        assertBody(
+          await within(
+            "the joiner's body",
+            readAll(t.cache.follow(await again.fill, 0, undefined, ignore)),
+          ),
+          blob,
+        );
+      } else {
+        await waitFor("every byte but the last to arrive", () => fill.received === blob.length);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        equal(clientEnded, false, "the client waits for the commit");
+      }
+      equal(replicaEnded, false, "a replica's stream waits for the commit");
+      commit.resolve();
+      assertBody(await replica, blob);
+      assertBody(await client, blob);
+      deepEqual(up.opens, [0]);
+      ok(await hasBlob(t.fs, digest), "committed");
+    },
+  );
+}

@@ -57,6 +57,8 @@ export interface S3StoreOptions {
  */
 export class S3Store implements Store {
   readonly client: S3Client;
+  /** A commit uploads the blob: clients get their last byte once it is verified. */
+  readonly slowCommit = true;
   /** Where the spools of fills in flight are written. */
   readonly spoolDir: string;
   readonly #prefix: string;

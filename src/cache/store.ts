@@ -57,6 +57,11 @@ export interface OpenedBlob {
  * Manifests are stored as their exact bytes, which the store verifies against the digest on read.
  */
 export interface Store {
+  /**
+   * Commits take long (an upload to the bucket): a client's last byte then goes once the blob is
+   * verified, not once it is committed. Replicas streaming the fill still wait for the commit.
+   */
+  readonly slowCommit: boolean;
   /** Opens a committed blob, or undefined when it is not stored. */
   openBlob(digest: string): Promise<OpenedBlob | undefined>;
   createSpool(): Promise<Spool>;

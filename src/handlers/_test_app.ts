@@ -188,6 +188,10 @@ export class WatchedStore implements Store {
     this.inner = inner;
   }
 
+  get slowCommit(): boolean {
+    return this.inner.slowCommit;
+  }
+
   /** How many times `call` has completed. */
   count(call: string): number {
     return this.#calls.get(call) ?? 0;

@@ -42,10 +42,11 @@ export async function handlePeer(
   } else if (start > 0) {
     headers.set("content-range", `bytes ${start}-*/*`);
   }
+  // Ends once the blob is committed: the replica then finds it in the bucket, not uploading it again.
   const body = ctx.cache.follow(fill, start, undefined, (sent, complete) => {
     ctx.record.bytes = sent;
     if (!complete) ctx.record.error ??= "the body was not sent whole (replica gone or fill failed)";
-  });
+  }, true);
   return new Response(body, { status: start > 0 ? 206 : 200, headers });
 }
 
