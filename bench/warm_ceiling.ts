@@ -1,6 +1,7 @@
 // The warm path's ceiling in this runtime: the smallest Deno server that sends a cached file the
-// way the mirror does (Deno.serve, a byte stream of 1 MiB FsFile.read pieces, no mirror code at
-// all), alternated with Distribution serving the same file from its own storage, same curl.
+// way the mirror does (Deno.serve and the mirror's fileStream: 1 MiB FsFile.read pieces, nothing
+// else of the mirror), alternated with Distribution serving the same file from its own storage,
+// same curl.
 //
 //   deno run -A bench/warm_ceiling.ts [--size 1GiB] [--rounds 5]
 //
@@ -11,32 +12,17 @@ import { parseArgs } from "node:util";
 import { REGISTRY_BINARY } from "../tests/fixtures/registry.ts";
 import { freePort } from "../tests/fixtures/tools.ts";
 import { pullRate } from "./clients.ts";
+import { fileStream } from "../src/cache/file_stream.ts";
 import { parseSize } from "../src/units.ts";
 import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
 
 const PIECE = 1024 * 1024;
 
-/** The whole server: what `fileStream` does for a cached blob, without the mirror around it. */
+/** The whole server: the mirror's own `fileStream` for a cached blob, without the mirror around it. */
 function serve(port: number, path: string): void {
   const size = Deno.statSync(path).size;
   Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async () => {
-    const file = await Deno.open(path);
-    let left = size;
-    const body = new ReadableStream<Uint8Array>({
-      type: "bytes",
-      async pull(controller) {
-        const piece = new Uint8Array(Math.min(PIECE, left));
-        const n = await file.read(piece);
-        if (!n) throw new Error("short file");
-        left -= n;
-        controller.enqueue(piece.subarray(0, n));
-        if (left === 0) {
-          file.close();
-          controller.close();
-        }
-      },
-      cancel: () => file.close(),
-    });
+    const body = fileStream(await Deno.open(path), { end: size });
     return new Response(body, { headers: { "content-length": String(size) } });
   });
 }
