@@ -536,3 +536,34 @@ for (const slowCommit of [false, true]) {
     },
   );
 }
+
+Deno.test("fill: a failed fill is left at once: its followers are cut and a new request starts over, whatever its cleanup waits on", async () => {
+  await using t = await tempCache();
+  const blob = patterned(200 * KiB);
+  const digest = sha256(blob);
+  const cancelled = deferred();
+  const held = deferred();
+  // Sends more than its Content-Length, and then takes its time to be cancelled.
+  const up = upstream((_offset, call) =>
+    call === 1
+      ? new Response(
+        new ReadableStream({
+          pull: (c) => c.enqueue(blob.slice()),
+          cancel: () => (cancelled.resolve(), held.promise),
+        }),
+        { headers: { "content-length": String(blob.length - 1) } },
+      )
+      : ok200(chunks(blob, 64 * KiB), blob.length)
+  );
+  const fill = await t.cache.fill(digest, ORIGIN, up.open).fill;
+  const got = readAll(t.cache.follow(fill, 0, undefined, ignore));
+  await within("the upstream body cancelled", cancelled.promise);
+  const cut = await within("the follower cut while the cleanup waits", got);
+  ok(cut.error instanceof RegistryError, `the follower errors, got ${cut.error}`);
+  const again = t.cache.fill(digest, ORIGIN, up.open);
+  equal(again.joined, false, "a new request does not join the failed fill");
+  assertBody(await readAll(t.cache.follow(await again.fill, 0, undefined, ignore)), blob);
+  held.resolve();
+  await settled(fill);
+  deepEqual(up.opens, [0, 0]);
+});

@@ -238,6 +238,9 @@ export class Fills {
       });
     } catch (e) {
       fill.error = e instanceof Error ? e : new Error(String(e));
+      // Nobody joins a failed fill, and its followers are cut now, not after the cleanup below.
+      forget();
+      fill.notify();
       this.stats.failed++;
       log.error("fill of {digest} failed after {bytes} bytes: {error}", {
         digest: fill.digest,
