@@ -7,17 +7,9 @@ import { createHash, type Hash } from "node:crypto";
 import type { S3Config } from "../src/config.ts";
 import { S3Client } from "../src/s3/client.ts";
 import { runCleanup } from "./fixtures/cleanup.ts";
-import { type FaultProxy, startFaultProxy } from "./fixtures/fault_proxy.ts";
+import type { FaultProxy } from "./fixtures/fault_proxy.ts";
 import { type MirrorProcess, startMirror } from "./fixtures/mirror.ts";
-import { startRegistry } from "./fixtures/registry.ts";
-import {
-  emptyPrefix,
-  keysUnder,
-  RGW_TOOLS,
-  s3Settings,
-  startGateway,
-  stopGateway,
-} from "./fixtures/rgw.ts";
+import { bucketTestBed, keysUnder, RGW_TOOLS, startGateway, stopGateway } from "./fixtures/rgw.ts";
 import { pushBlob, pushImage, pushLargeBlobImage } from "./fixtures/seed.ts";
 import { skipUnless } from "./fixtures/tools.ts";
 import { waitFor } from "./fixtures/wait.ts";
@@ -116,24 +108,11 @@ const sourcesOf = (replica: MirrorProcess, source: string) =>
 
 const options = skipUnless(["docker-registry", ...RGW_TOOLS]);
 
-/** A bucket prefix, a Distribution behind a counting proxy, a temp dir; all removed at the end. */
-async function setup() {
-  const dir = await Deno.makeTempDir({ prefix: "cluster_test_" });
-  const cleanup: (() => unknown)[] = [() => Deno.remove(dir, { recursive: true })];
-  const s3 = await s3Settings();
-  cleanup.push(() => emptyPrefix(s3));
-  const registry = await startRegistry({ dir: `${dir}/upstream` });
-  cleanup.push(() => registry.stop());
-  const proxy = startFaultProxy(registry.url);
-  cleanup.push(() => proxy.stop());
-  return { dir, s3, registry, proxy, cleanup };
-}
-
 Deno.test({
   name: "cluster: 30 clients on three replicas, one cold 200 MB blob: one upstream GET, streamed",
   ...options,
   async fn() {
-    const { dir, s3, registry, proxy, cleanup } = await setup();
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("cluster_test_");
     try {
       const big = await pushLargeBlobImage(registry.url, "org/big", "1", 200 * MiB, { dir });
       const digest = big.blob.digest;
@@ -201,7 +180,7 @@ Deno.test({
     "cluster: the holder killed mid-fill; the others take over with one Range GET, clients whole",
   ...options,
   async fn() {
-    const { dir, s3, registry, proxy, cleanup } = await setup();
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("cluster_test_");
     try {
       const size = 64 * MiB;
       const big = await pushLargeBlobImage(registry.url, "org/kill", "1", size, { dir });
@@ -258,7 +237,7 @@ Deno.test({
   name: "cluster: a peer's fill reaches another repository only once its upstream confirms it",
   ...options,
   async fn() {
-    const { dir, s3, registry, proxy, cleanup } = await setup();
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("cluster_test_");
     try {
       const layer = async (tag: string) => {
         const image = await pushImage(registry.url, "org/app", tag, {
@@ -318,7 +297,7 @@ Deno.test({
   name: "cluster: a tag checked by one replica is fresh for the others (one revalidation per TTL)",
   ...options,
   async fn() {
-    const { dir, s3, registry, proxy, cleanup } = await setup();
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("cluster_test_");
     try {
       const image = await pushImage(registry.url, "org/app", "v1", {
         files: { "hello.txt": "hello\n" },
@@ -370,7 +349,7 @@ Deno.test({
   name: "cluster: the bucket down: clear 503s, blobs from upstream, nothing wrong cached, recovery",
   ...options,
   async fn() {
-    const { dir, s3, registry, proxy, cleanup } = await setup();
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("cluster_test_");
     let gatewayDown = false;
     try {
       const image = await pushImage(registry.url, "org/app", "v1", {

@@ -5,11 +5,9 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import type { S3Config } from "../src/config.ts";
-import { startFaultProxy } from "./fixtures/fault_proxy.ts";
 import { startMirror } from "./fixtures/mirror.ts";
-import { startRegistry } from "./fixtures/registry.ts";
 import { pushImage, pushLargeBlobImage } from "./fixtures/seed.ts";
-import { emptyPrefix, keysUnder, RGW_TOOLS, s3Settings } from "./fixtures/rgw.ts";
+import { bucketTestBed, keysUnder, RGW_TOOLS, s3Settings } from "./fixtures/rgw.ts";
 import { runCleanup } from "./fixtures/cleanup.ts";
 import { logMark, requestLines } from "./fixtures/clients/assertions.ts";
 import { hostsToml, startContainerd, writeHostsDir } from "./fixtures/clients/containerd.ts";
@@ -53,15 +51,8 @@ Deno.test({
   name: "s3: two mirrors on one bucket; the second serves what the first cached, no upstream GET",
   ...skipUnless(["docker-registry", ...RGW_TOOLS]),
   async fn(t) {
-    const dir = await Deno.makeTempDir({ prefix: "s3_test_" });
-    const cleanup: (() => unknown)[] = [() => Deno.remove(dir, { recursive: true })];
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed("s3_test_");
     try {
-      const s3 = await s3Settings();
-      cleanup.push(() => emptyPrefix(s3));
-      const registry = await startRegistry({ dir: `${dir}/upstream` });
-      cleanup.push(() => registry.stop());
-      const proxy = startFaultProxy(registry.url);
-      cleanup.push(() => proxy.stop());
       const config = (cacheDir: string) => ({
         registries: { "quay.io": { upstream: proxy.url } },
         cache: cacheOn(cacheDir, s3),
@@ -260,15 +251,11 @@ Deno.test({
   name: "s3: redirect: stored blobs answer 307 to a presigned URL; skopeo and containerd pull",
   ...skipUnless(["docker-registry", "skopeo", "containerd", "ctr", ...RGW_TOOLS]),
   async fn(t) {
-    const dir = await Deno.makeTempDir({ prefix: "s3_redirect_test_" });
-    const cleanup: (() => unknown)[] = [() => cleanUpDir(dir)];
+    const { dir, s3, registry, proxy, cleanup } = await bucketTestBed(
+      "s3_redirect_test_",
+      cleanUpDir,
+    );
     try {
-      const s3 = await s3Settings();
-      cleanup.push(() => emptyPrefix(s3));
-      const registry = await startRegistry({ dir: `${dir}/upstream` });
-      cleanup.push(() => registry.stop());
-      const proxy = startFaultProxy(registry.url);
-      cleanup.push(() => proxy.stop());
       const cache = cacheOn(`${dir}/mirror/cache`, s3);
       const mirror = await startMirror(`${dir}/mirror`, {
         registries: { "quay.io": { upstream: proxy.url } },
