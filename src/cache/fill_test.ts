@@ -202,7 +202,7 @@ Deno.test("fill: a full disk mid-fill passes the bytes through without resuming 
       withFaults(store, {
         createSpool: async (): Promise<Spool> => {
           const spool = await store.createSpool();
-          spoolPath = spool.path;
+          spoolPath ??= spool.path;
           spools++;
           return fullAfter(spool, 150 * KiB, () => full.resolve());
         },
@@ -240,7 +240,7 @@ Deno.test("fill: a full disk mid-fill passes the bytes through without resuming 
   await waitFor("the spool to be removed", async () => (await tmpEntries(t.dir)).length === 0);
 
   deepEqual(up.opens, [0], "no resume");
-  equal(spools, 1);
+  equal(spools, 2, "the fill's, and the one made while the second request asked upstream");
   const stats = t.cache.fills.stats;
   equal(stats.diskErrors, 1);
   equal(stats.digestMismatches, 0);
@@ -306,17 +306,7 @@ Deno.test("fill: a spool that cannot be created passes the blob through from byt
 });
 
 Deno.test("fill: a blob larger than maxSize is passed through, not cached", async () => {
-  let spools = 0;
-  await using t = await tempCache({
-    maxSizeBytes: 64 * KiB,
-    wrap: (store) =>
-      withFaults(store, {
-        createSpool: () => {
-          spools++;
-          return store.createSpool();
-        },
-      }),
-  });
+  await using t = await tempCache({ maxSizeBytes: 64 * KiB });
   const blob = patterned(100 * KiB, 9);
   const digest = sha256(blob);
   const up = upstream(() => ok200(chunks(blob, 32 * KiB), blob.length));
@@ -324,11 +314,40 @@ Deno.test("fill: a blob larger than maxSize is passed through, not cached", asyn
   equal(fill.caching, false);
   equal(t.cache.eviction.stats().reserved, 0);
   assertBody(await readAll(t.cache.follow(fill, 0, undefined, ignore)), blob);
-  equal(spools, 0);
+  // The spool made while upstream was asked is removed unused.
+  await waitFor(
+    "the unused spool to be removed",
+    async () => (await tmpEntries(t.dir)).length === 0,
+  );
   equal(t.cache.fills.stats.passThrough, 1);
   equal(t.cache.fills.stats.diskErrors, 0);
   equal(await hasBlob(t.fs, digest), false);
   deepEqual(t.cache.eviction.stats(), { objects: 0, bytes: 0, reserved: 0, evictions: 0 });
+});
+
+Deno.test("fill: the spool is created while upstream is asked, and removed when upstream fails", async () => {
+  const created = deferred<Spool>();
+  const asked = deferred();
+  await using t = await tempCache({
+    wrap: (store) =>
+      withFaults(store, {
+        createSpool: async () => {
+          const spool = await store.createSpool();
+          created.resolve(spool);
+          return spool;
+        },
+      }),
+  });
+  const digest = sha256(patterned(10, 1));
+  const { fill } = t.cache.fill(digest, ORIGIN, async () => {
+    await asked.promise;
+    throw new RegistryError("BLOB_UNKNOWN", "upstream: 404");
+  });
+  const spool = await within("the spool, before upstream answered", created.promise);
+  asked.resolve();
+  await fill.then(() => ok(false, "the fill must fail"), ignore);
+  await waitFor("the spool to be removed", async () => !(await exists(spool.path)));
+  equal(t.cache.fills.stats.diskErrors, 0);
 });
 
 Deno.test("fill: the Content-Length is reserved during a fill and becomes the object on commit", async () => {
