@@ -1,7 +1,9 @@
 // The warm path's ceiling in this runtime: the smallest Deno server that sends a cached file the
 // way the mirror does (Deno.serve and the mirror's fileStream: 1 MiB FsFile.read pieces, nothing
 // else of the mirror), alternated with Distribution serving the same file from its own storage,
-// same curl.
+// same curl. A third server sends the file from a ring of reused buffers: what allocating a buffer
+// per piece costs. It is unsafe, never for serving: Deno hands a chunk to the HTTP server without
+// copying and never says when it is written, so a reused buffer could be overwritten before.
 //
 //   deno run -A bench/warm_ceiling.ts [--size 1GiB] [--rounds 5]
 //
@@ -14,21 +16,50 @@ import { freePort } from "../tests/fixtures/tools.ts";
 import { pullRate } from "./clients.ts";
 import { fileStream } from "../src/cache/file_stream.ts";
 import { parseSize } from "../src/units.ts";
+import { startFlags } from "./mirror.ts";
 import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
+import { rotate } from "./systems.ts";
 
 const PIECE = 1024 * 1024;
+/** Buffers in the reused ring (measurement only, see above). */
+const RING = 16;
 
-/** The whole server: the mirror's own `fileStream` for a cached blob, without the mirror around it. */
-function serve(port: number, path: string): void {
+/**
+ * The whole server: the mirror's own `fileStream` for a cached blob, without the mirror around it;
+ * or, with `reuse`, 1 MiB reads into a ring of reused buffers.
+ */
+function serve(port: number, path: string, reuse: boolean): void {
   const size = Deno.statSync(path).size;
   Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async () => {
-    const body = fileStream(await Deno.open(path), { end: size });
+    const file = await Deno.open(path);
+    const body = reuse ? reusedBuffers(file) : fileStream(file, { end: size });
     return new Response(body, { headers: { "content-length": String(size) } });
   });
 }
 
+/** The file in 1 MiB reads into RING buffers used in turn (unsafe: measurement only). */
+function reusedBuffers(file: Deno.FsFile): ReadableStream<Uint8Array> {
+  const ring = Array.from({ length: RING }, () => new Uint8Array(PIECE));
+  let next = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      const buffer = ring[next++ % RING];
+      const n = await file.read(buffer);
+      if (n === null) {
+        file.close();
+        controller.close();
+      } else {
+        controller.enqueue(buffer.subarray(0, n));
+      }
+    },
+    cancel() {
+      file.close();
+    },
+  });
+}
+
 if (Deno.args[0] === "--serve") {
-  serve(Number(Deno.args[1]), Deno.args[2]);
+  serve(Number(Deno.args[1]), Deno.args[2], Deno.args[3] === "reuse");
 } else {
   const { values } = parseArgs({
     args: Deno.args,
@@ -71,7 +102,21 @@ if (Deno.args[0] === "--serve") {
         "",
       ].join("\n"),
     );
-    const denoPort = freePort();
+    // The V8 flags the mirror runs with (deno task start).
+    const v8 = startFlags(new URL("..", import.meta.url).pathname)
+      .filter((flag) => flag.startsWith("--v8-flags="));
+    const denoServer = (name: string, mode: string) => {
+      const port = freePort();
+      const script = new URL(import.meta.url).pathname;
+      return {
+        process: spawnLogged(
+          Deno.execPath(),
+          ["run", "-A", ...v8, script, "--serve", String(port), blob, mode],
+          { logPath: `${dir}/${name}.log` },
+        ),
+        url: `http://127.0.0.1:${port}/`,
+      };
+    };
     const servers = {
       distribution: {
         process: spawnLogged(REGISTRY_BINARY, ["serve", `${dir}/registry.yml`], {
@@ -79,28 +124,18 @@ if (Deno.args[0] === "--serve") {
         }),
         url: `http://127.0.0.1:${registryPort}/v2/bench/blobs/sha256:${hex}`,
       },
-      deno: {
-        process: spawnLogged(Deno.execPath(), [
-          "run",
-          "-A",
-          "--v8-flags=--initial-old-space-size=64",
-          new URL(import.meta.url).pathname,
-          "--serve",
-          String(denoPort),
-          blob,
-        ], { logPath: `${dir}/deno.log` }),
-        url: `http://127.0.0.1:${denoPort}/`,
-      },
+      deno: denoServer("deno", "fileStream"),
+      "deno, reused buffers (unsafe)": denoServer("reuse", "reuse"),
     };
-    const rates: Record<string, number[]> = { distribution: [], deno: [] };
-    const cpu: Record<string, number[]> = { distribution: [], deno: [] };
+    const names = Object.keys(servers) as (keyof typeof servers)[];
+    const rates = Object.fromEntries(names.map((name) => [name, [] as number[]]));
+    const cpu = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     try {
       for (const { process, url } of Object.values(servers)) {
         await waitHttp(url, { alive: () => !process.exited(), timeoutMs: 30_000 });
       }
       for (let round = 0; round < Number(values.rounds); round++) {
-        const order = round % 2 === 0 ? ["distribution", "deno"] : ["deno", "distribution"];
-        for (const name of order as (keyof typeof servers)[]) {
+        for (const name of rotate(names, round)) {
           const { process, url } = servers[name];
           const before = cpuSeconds(process.pid);
           rates[name].push(await pullRate(url, size));
@@ -112,15 +147,14 @@ if (Deno.args[0] === "--serve") {
     }
     const mb = (values: number[]) => values.map((v) => v.toFixed(0)).join(", ");
     const s = (values: number[]) => values.map((v) => v.toFixed(2)).join(", ");
-    for (const name of ["distribution", "deno"]) {
+    for (const name of names) {
+      const ratio = median(rates[name]) / median(rates.distribution);
       console.log(
         `${name}: ${median(rates[name]).toFixed(0)} MB/s (${mb(rates[name])}), ` +
+          `${ratio.toFixed(2)}x Distribution, ` +
           `CPU ${median(cpu[name]).toFixed(2)} s/GB (${s(cpu[name])})`,
       );
     }
-    console.log(
-      `bare Deno / Distribution: ${(median(rates.deno) / median(rates.distribution)).toFixed(2)}x`,
-    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
