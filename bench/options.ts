@@ -125,7 +125,7 @@ export function parseOptions(argv: string[]): Options {
     midSize: size(pick(values["mid-size"], "256MiB", "2MiB"), "mid-size"),
     smallSize: size(pick(values["small-size"], "10MiB", "1MiB"), "small-size"),
     runs: count(pick(values.runs, "5", "1"), "runs"),
-    herdRuns: count(pick(values["herd-runs"], "1", "1"), "herd-runs"),
+    herdRuns: count(pick(values["herd-runs"], "3", "1"), "herd-runs"),
     herdClients: count(pick(values["herd-clients"], "50", "5"), "herd-clients"),
     concurrency: count(pick(values.concurrency, "20", "4"), "concurrency"),
     loadSeconds: count(pick(values["load-seconds"], "5", "1"), "load-seconds"),
