@@ -2,7 +2,7 @@
 // and nginx (counting proxy to the origin, static server of the same blob files).
 
 import { type Registry, startRegistry } from "../tests/fixtures/registry.ts";
-import { MediaType, pushLargeBlobImage } from "../tests/fixtures/seed.ts";
+import { MediaType, pushBlob, pushLargeBlobImage } from "../tests/fixtures/seed.ts";
 import { type Nginx, startNginx } from "./nginx.ts";
 import type { Options } from "./options.ts";
 
@@ -25,6 +25,17 @@ export interface SeededBlob {
   sendfileUrl: string;
 }
 
+/** A blob pushed on its own (no image), for timing first bytes. */
+export interface LooseBlob {
+  digest: string;
+  size: number;
+  /** Its URL path under a registry. */
+  path: string;
+}
+
+/** Size of each blob whose time to first byte is timed (`Options.ttfbBlobs` of them). */
+export const TTFB_BLOB_SIZE = 256 * 1024;
+
 /** What every scenario runs against. */
 export interface BenchEnv {
   /** The work directory. */
@@ -34,6 +45,8 @@ export interface BenchEnv {
   big: SeededBlob;
   mid: SeededBlob;
   small: SeededBlob;
+  /** Blobs each pulled cold once per cache, to time the first byte. */
+  ttfb: LooseBlob[];
   /** A manifest tag the origin holds. */
   manifestTag: string;
   stop(): Promise<void>;
@@ -44,7 +57,10 @@ function blobFile(origin: Registry, digest: string): string {
   return `${origin.dataDir}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
 }
 
-/** Starts the origin, seeds it (three images of the option's sizes) and starts nginx. */
+/**
+ * Starts the origin, seeds it (three images of the option's sizes, and the loose blobs whose first
+ * byte is timed) and starts nginx.
+ */
 export async function setUp(dir: string, opts: Options): Promise<BenchEnv> {
   const origin = await startRegistry({ dir: `${dir}/origin` });
   let nginx: Nginx | undefined;
@@ -66,6 +82,13 @@ export async function setUp(dir: string, opts: Options): Promise<BenchEnv> {
     const small = await seeded("small", opts.smallSize);
     const mid = await seeded("mid", opts.midSize);
     const big = await seeded("big", opts.size);
+    const ttfb: LooseBlob[] = [];
+    for (let i = 0; i < opts.ttfbBlobs; i++) {
+      const bytes = new Uint8Array(TTFB_BLOB_SIZE);
+      crypto.getRandomValues(bytes.subarray(0, 65536));
+      const { digest, size } = await pushBlob(origin.url, REPO, bytes);
+      ttfb.push({ digest, size, path: `/v2/${REPO}/blobs/${digest}` });
+    }
     const running = nginx;
     return {
       dir,
@@ -74,6 +97,7 @@ export async function setUp(dir: string, opts: Options): Promise<BenchEnv> {
       big,
       mid,
       small,
+      ttfb,
       manifestTag: "small",
       stop: async () => {
         await running.stop();

@@ -27,6 +27,8 @@ export interface Options {
   midSize: number;
   /** The small blob pulled cold and warm next to the big one. */
   smallSize: number;
+  /** Cold blobs whose time to first byte is timed, each next to the upstream's own. */
+  ttfbBlobs: number;
   /** Runs per measurement; the table shows medians. */
   runs: number;
   /** Runs of the long concurrent-clients scenario. */
@@ -91,6 +93,7 @@ export function parseOptions(argv: string[]): Options {
       size: { type: "string" },
       "mid-size": { type: "string" },
       "small-size": { type: "string" },
+      "ttfb-blobs": { type: "string" },
       runs: { type: "string" },
       "herd-runs": { type: "string" },
       "herd-clients": { type: "string" },
@@ -124,6 +127,7 @@ export function parseOptions(argv: string[]): Options {
     size: size(pick(values.size, "1GiB", "4MiB"), "size"),
     midSize: size(pick(values["mid-size"], "256MiB", "2MiB"), "mid-size"),
     smallSize: size(pick(values["small-size"], "10MiB", "1MiB"), "small-size"),
+    ttfbBlobs: count(pick(values["ttfb-blobs"], "20", "3"), "ttfb-blobs"),
     runs: count(pick(values.runs, "5", "1"), "runs"),
     herdRuns: count(pick(values["herd-runs"], "3", "1"), "herd-runs"),
     herdClients: count(pick(values["herd-clients"], "50", "5"), "herd-clients"),
