@@ -2,6 +2,8 @@
 // the whole blob) sent on the first read, and end in an error rather than short if S3 sends fewer.
 
 import type { S3Client } from "../s3/client.ts";
+import { selfWatched, type SendWatch } from "../watched_body.ts";
+import { CHUNK_SIZE } from "./file_stream.ts";
 import type { OpenedBlob } from "./store.ts";
 
 /** The object `key` of `size` bytes, found: its bytes are asked for when it is streamed. */
@@ -20,38 +22,75 @@ export function openedS3Blob(client: S3Client, key: string, size: number): Opene
   };
 }
 
-/** A stream of bytes [start, end) of the object `key` of `size` bytes. */
+/**
+ * A stream of bytes [start, end) of the object `key` of `size` bytes: a byte stream, like a cached
+ * file's (`fileStream`), that reads the GET's body straight into the reader's buffer or,
+ * sent as a response, into pieces its send watch sizes ({@linkcode selfWatched}: no wrapper).
+ */
 function s3BlobStream(
   client: S3Client,
   key: string,
   { start, end, size }: { start: number; end: number; size: number },
 ): ReadableStream<Uint8Array> {
-  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-  let received = 0;
+  let body: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array> | undefined;
+  let byob = false;
+  let left = end - start;
   const whole = start === 0 && end === size;
-  return new ReadableStream<Uint8Array>({
-    async pull(out) {
-      if (start >= end) return out.close();
-      if (!reader) {
-        const headers: Record<string, string> = whole ? {} : { range: `bytes=${start}-${end - 1}` };
-        const response = await client.send("GetObject", "GET", key, {
-          headers,
-          expect: [whole ? 200 : 206],
-        });
-        reader = response.body!.getReader();
-      }
-      const next = await reader.read();
-      if (next.done) {
-        if (received !== end - start) {
-          throw new Error(`S3 GetObject ${key}: ${received} of ${end - start} bytes, then the end`);
+  let watch: SendWatch | undefined;
+  const stream = new ReadableStream({
+    type: "bytes",
+    start(controller) {
+      if (left === 0) controller.close();
+    },
+    async pull(controller) {
+      const piece = Math.min(watch?.asked() ?? CHUNK_SIZE, left);
+      try {
+        if (!body) {
+          const headers: Record<string, string> = whole
+            ? {}
+            : { range: `bytes=${start}-${end - 1}` };
+          const response = await client.send("GetObject", "GET", key, {
+            headers,
+            expect: [whole ? 200 : 206],
+          });
+          try {
+            body = response.body!.getReader({ mode: "byob" });
+            byob = true;
+          } catch {
+            body = response.body!.getReader();
+          }
         }
-        return out.close();
+        const request = controller.byobRequest;
+        const view = request?.view;
+        const into = view
+          ? new Uint8Array(view.buffer, view.byteOffset, Math.min(view.byteLength, left))
+          : new Uint8Array(piece);
+        const { done, value } = byob
+          ? await (body as ReadableStreamBYOBReader).read(into as Uint8Array<ArrayBuffer>)
+          : await (body as ReadableStreamDefaultReader<Uint8Array>).read();
+        if (done || !value) {
+          throw new Error(
+            `S3 GetObject ${key}: ${end - start - left} of ${end - start} bytes, then the end`,
+          );
+        }
+        if (value.length > left) {
+          throw new Error(`S3 GetObject ${key}: more than the ${end - start} bytes asked`);
+        }
+        left -= value.length;
+        // A BYOB read transferred the buffer it was given: answer with the view it returned.
+        if (request && byob) request.respondWithNewView(value);
+        else controller.enqueue(value);
+        if (left === 0) {
+          controller.close();
+          await body.cancel().catch(() => {});
+        }
+      } finally {
+        watch?.handed();
       }
-      received += next.value.length;
-      out.enqueue(next.value);
     },
     async cancel(reason) {
-      await reader?.cancel(reason);
+      await body?.cancel(reason);
     },
-  }, { highWaterMark: 0 });
+  });
+  return selfWatched(stream, (w) => watch = w);
 }
