@@ -26,12 +26,7 @@ export interface SeededBlob {
 }
 
 /** A blob pushed on its own (no image), for timing first bytes. */
-export interface LooseBlob {
-  digest: string;
-  size: number;
-  /** Its URL path under a registry. */
-  path: string;
-}
+export type LooseBlob = Pick<SeededBlob, "digest" | "size" | "path">;
 
 /** Size of each blob whose time to first byte is timed (`Options.ttfbBlobs` of them). */
 export const TTFB_BLOB_SIZE = 256 * 1024;

@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { REGISTRY_BINARY } from "../tests/fixtures/registry.ts";
 import { freePort } from "../tests/fixtures/tools.ts";
 import { pullRate } from "./clients.ts";
-import { fileStream } from "../src/cache/file_stream.ts";
+import { fileStream, newPiece } from "../src/cache/file_stream.ts";
 import { parseSize } from "../src/units.ts";
 import { startFlags } from "./mirror.ts";
 import { cpuTimes, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
@@ -39,19 +39,12 @@ function serve(port: number, path: string, reuse: boolean): void {
 }
 
 /**
- * The file in 1 MiB reads into RING buffers used in turn (unsafe: measurement only). Each buffer
- * starts 48 bytes into its allocation: a fresh 1 MiB allocation is a glibc mmap chunk whose data
- * starts 16 bytes past a page boundary, and the kernel's copy from the page cache (page-aligned
- * file offsets) into a destination 1 to 31 bytes past a page boundary runs at 1.3-2.5 GB/s on this
- * CPU instead of 13-14 GB/s (4K aliasing; `bench/read_alignment.ts`). Pieces allocated one by one
- * come from the heap at varying offsets once the process has freed a few, so the mirror is hit
- * only by chance; a ring made at start would be hit on every read.
+ * The file in 1 MiB reads into RING buffers used in turn (unsafe: measurement only), allocated as
+ * the mirror's pieces are (`newPiece`: off the page offsets the kernel copies file data into
+ * slowly, bench/read_alignment.ts); a ring made at start would otherwise be hit on every read.
  */
 function reusedBuffers(file: Deno.FsFile): ReadableStream<Uint8Array> {
-  const ring = Array.from(
-    { length: RING },
-    () => new Uint8Array(PIECE + 64).subarray(48, 48 + PIECE),
-  );
+  const ring = Array.from({ length: RING }, () => newPiece(PIECE));
   let next = 0;
   return new ReadableStream({
     async pull(controller) {

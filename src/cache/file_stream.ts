@@ -13,8 +13,9 @@ export const CHUNK_SIZE = MAX_PIECE;
  */
 const PIECE_OFFSET = 48;
 
-function newPiece(size: number): Uint8Array {
-  return new Uint8Array(size + 64).subarray(PIECE_OFFSET, PIECE_OFFSET + size);
+/** A buffer of `size` bytes for a file read, starting PIECE_OFFSET bytes into its allocation. */
+export function newPiece(size: number): Uint8Array {
+  return new Uint8Array(PIECE_OFFSET + size).subarray(PIECE_OFFSET);
 }
 
 /** Options of {@linkcode fileStream}. */

@@ -32,8 +32,7 @@ function s3BlobStream(
   key: string,
   { start, end, size }: { start: number; end: number; size: number },
 ): ReadableStream<Uint8Array> {
-  let body: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array> | undefined;
-  let byob = false;
+  let body: ReadableStreamBYOBReader | undefined;
   let left = end - start;
   const whole = start === 0 && end === size;
   let watch: SendWatch | undefined;
@@ -53,21 +52,14 @@ function s3BlobStream(
             headers,
             expect: [whole ? 200 : 206],
           });
-          try {
-            body = response.body!.getReader({ mode: "byob" });
-            byob = true;
-          } catch {
-            body = response.body!.getReader();
-          }
+          body = response.body!.getReader({ mode: "byob" }); // fetch bodies are byte streams
         }
         const request = controller.byobRequest;
         const view = request?.view;
         const into = view
           ? new Uint8Array(view.buffer, view.byteOffset, Math.min(view.byteLength, left))
           : new Uint8Array(piece);
-        const { done, value } = byob
-          ? await (body as ReadableStreamBYOBReader).read(into as Uint8Array<ArrayBuffer>)
-          : await (body as ReadableStreamDefaultReader<Uint8Array>).read();
+        const { done, value } = await body.read(into as Uint8Array<ArrayBuffer>);
         if (done || !value) {
           throw new Error(
             `S3 GetObject ${key}: ${end - start - left} of ${end - start} bytes, then the end`,
@@ -77,8 +69,8 @@ function s3BlobStream(
           throw new Error(`S3 GetObject ${key}: more than the ${end - start} bytes asked`);
         }
         left -= value.length;
-        // A BYOB read transferred the buffer it was given: answer with the view it returned.
-        if (request && byob) request.respondWithNewView(value);
+        // The read transferred the buffer it was given: answer with the view it returned.
+        if (request) request.respondWithNewView(value);
         else controller.enqueue(value);
         if (left === 0) {
           controller.close();
