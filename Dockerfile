@@ -18,6 +18,8 @@ RUN deno install --frozen && deno task compile
 RUN mkdir -p /rootfs/data
 
 FROM gcr.io/distroless/cc-debian12:nonroot
+# glibc's allocator settings (src/allocator.ts): 1.2-1.8x faster warm pulls, same peak memory.
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=134217728:glibc.malloc.top_pad=16777216
 COPY --from=build /src/dist/registry-mirror /usr/local/bin/registry-mirror
 # /data is an entry of the copied tree, so it is created with this owner (a new named volume
 # takes the owner of its mount point): the server writes its cache (./data) without root.

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import meta from "./deno.json" with { type: "json" };
+import { allocatorWarning } from "./src/allocator.ts";
 import { type AppDeps, createApp } from "./src/app.ts";
 import { Cache } from "./src/cache/cache.ts";
 import { BucketEviction } from "./src/cluster/bucket_eviction.ts";
@@ -253,6 +254,8 @@ async function serve(config: Config): Promise<number> {
     );
     return 1;
   }
+  const allocator = allocatorWarning(Deno.build.os, Deno.env.get("GLIBC_TUNABLES"));
+  if (allocator) log.warn(allocator);
   const owned = await own(config.cache.dir);
   // Replicas evict the shared bucket together (bucketEviction below), never each on its own view.
   const fleet = config.cluster && config.cache.s3

@@ -44,6 +44,17 @@ export function startFlags(root: string): string[] {
   return task.split(/\s+/).filter((word) => word.startsWith("--"));
 }
 
+/**
+ * The environment `deno task start` sets in the checkout at `root`: its `NAME=value` words before
+ * `deno` (the glibc allocator's settings, the update check off).
+ */
+export function startEnv(root: string): Record<string, string> {
+  const meta = JSON.parse(Deno.readTextFileSync(`${root}/deno.json`));
+  const task: string = meta.tasks.start;
+  const words = task.slice(0, task.search(/(^|\s)deno\s/)).trim().split(/\s+/).filter(Boolean);
+  return Object.fromEntries(words.map((word) => word.split(/=(.*)/s).slice(0, 2)));
+}
+
 /** Starts the mirror with Docker Hub pointed at `opts.upstream` and waits until it answers. */
 export async function startMirrorProcess(opts: MirrorOptions): Promise<MirrorProcess> {
   const port = freePort();
@@ -65,7 +76,10 @@ export async function startMirrorProcess(opts: MirrorOptions): Promise<MirrorPro
     }),
   );
   const profile = opts.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
-  const env: Record<string, string> = opts.logLevel ? { MIRROR_LOG_LEVEL: opts.logLevel } : {};
+  const env: Record<string, string> = {
+    ...startEnv(opts.root),
+    ...(opts.logLevel ? { MIRROR_LOG_LEVEL: opts.logLevel } : {}),
+  };
   const spawnedAt = performance.now();
   const process = spawnLogged(
     Deno.execPath(),

@@ -84,6 +84,12 @@ export function cpuTimes(pid: number): { user: number; system: number } {
   return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
 }
 
+/** Minor page faults of process `pid` so far (field 10 of /proc/PID/stat). */
+export function minorFaults(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[7]);
+}
+
 /** CPU seconds per GB (10^9 bytes) moved. */
 export function perGB(seconds: number, bytes: number): number {
   return seconds / (bytes / 1e9);

@@ -4,11 +4,13 @@
 // same curl. A third server sends the file from a ring of reused buffers: what allocating a buffer
 // per piece costs. It is unsafe, never for serving: Deno hands a chunk to the HTTP server without
 // copying and never says when it is written, so a reused buffer could be overwritten before.
+// The Deno servers run in the environment `deno task start` sets (its GLIBC_TUNABLES); one more
+// runs the mirror's fileStream with glibc's default allocator settings (src/allocator.ts).
 //
 //   deno run -A bench/warm_ceiling.ts [--size 1GiB] [--rounds 5]
 //
-// Prints each server's MB/s and CPU seconds per GB (and how much of it the kernel's), every run and
-// the medians.
+// Prints each server's MB/s, CPU seconds per GB (and how much of it the kernel's) and page faults
+// per GB, every run and the medians.
 
 import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
@@ -17,8 +19,8 @@ import { freePort } from "../tests/fixtures/tools.ts";
 import { pullRate } from "./clients.ts";
 import { fileStream, newPiece } from "../src/cache/file_stream.ts";
 import { parseSize } from "../src/units.ts";
-import { startFlags } from "./mirror.ts";
-import { cpuTimes, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
+import { startEnv, startFlags } from "./mirror.ts";
+import { cpuTimes, median, minorFaults, perGB, spawnLogged, waitHttp } from "./proc.ts";
 import { rotate } from "./systems.ts";
 
 const PIECE = 1024 * 1024;
@@ -107,17 +109,17 @@ if (Deno.args[0] === "--serve") {
         "",
       ].join("\n"),
     );
-    // The V8 flags the mirror runs with (deno task start).
-    const v8 = startFlags(new URL("..", import.meta.url).pathname)
-      .filter((flag) => flag.startsWith("--v8-flags="));
-    const denoServer = (name: string, mode: string) => {
+    // The V8 flags and the environment the mirror runs with (deno task start).
+    const checkout = new URL("..", import.meta.url).pathname;
+    const v8 = startFlags(checkout).filter((flag) => flag.startsWith("--v8-flags="));
+    const denoServer = (name: string, mode: string, env = startEnv(checkout)) => {
       const port = freePort();
       const script = new URL(import.meta.url).pathname;
       return {
         process: spawnLogged(
           Deno.execPath(),
           ["run", "-A", ...v8, script, "--serve", String(port), blob, mode],
-          { logPath: `${dir}/${name}.log` },
+          { logPath: `${dir}/${name}.log`, env },
         ),
         url: `http://127.0.0.1:${port}/`,
       };
@@ -130,12 +132,17 @@ if (Deno.args[0] === "--serve") {
         url: `http://127.0.0.1:${registryPort}/v2/bench/blobs/sha256:${hex}`,
       },
       deno: denoServer("deno", "fileStream"),
+      "deno, glibc's default allocator settings": denoServer("defaults", "fileStream", {
+        ...startEnv(checkout),
+        GLIBC_TUNABLES: "",
+      }),
       "deno, reused buffers (unsafe)": denoServer("reuse", "reuse"),
     };
     const names = Object.keys(servers) as (keyof typeof servers)[];
     const rates = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     const cpu = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     const kernel = Object.fromEntries(names.map((name) => [name, [] as number[]]));
+    const faults = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     try {
       for (const { process, url } of Object.values(servers)) {
         await waitHttp(url, { alive: () => !process.exited(), timeoutMs: 30_000 });
@@ -143,9 +150,11 @@ if (Deno.args[0] === "--serve") {
       for (let round = 0; round < Number(values.rounds); round++) {
         for (const name of rotate(names, round)) {
           const { process, url } = servers[name];
+          const faulted = minorFaults(process.pid);
           const before = cpuTimes(process.pid);
           rates[name].push(await pullRate(url, size));
           const after = cpuTimes(process.pid);
+          faults[name].push(perGB(minorFaults(process.pid) - faulted, size));
           const system = after.system - before.system;
           cpu[name].push(perGB(after.user - before.user + system, size));
           kernel[name].push(perGB(system, size));
@@ -162,7 +171,8 @@ if (Deno.args[0] === "--serve") {
         `${name}: ${median(rates[name]).toFixed(0)} MB/s (${mb(rates[name])}), ` +
           `${ratio.toFixed(2)}x Distribution, ` +
           `CPU ${median(cpu[name]).toFixed(2)} s/GB (${s(cpu[name])}), ` +
-          `of which in the kernel ${median(kernel[name]).toFixed(2)} s/GB (${s(kernel[name])})`,
+          `of which in the kernel ${median(kernel[name]).toFixed(2)} s/GB (${s(kernel[name])}), ` +
+          `page faults ${median(faults[name]).toFixed(0)} per GB (${mb(faults[name])})`,
       );
     }
   } finally {
