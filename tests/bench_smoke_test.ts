@@ -98,3 +98,28 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "bench: the warm and cold ceilings run end to end and report every server",
+  ...skipUnless(["/usr/bin/docker-registry", "/usr/sbin/nginx", "curl"]),
+  fn: async () => {
+    const ceilings: [string, string[]][] = [
+      ["warm_ceiling.ts", ["distribution", "deno", "deno, glibc's default allocator settings"]],
+      ["cold_ceiling.ts", ["distribution", "relay", "relay + sha256 + spool writes"]],
+    ];
+    for (const [script, servers] of ceilings) {
+      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `bench/${script}`, "--size", "8MiB", "--rounds", "1"],
+        cwd: new URL("..", import.meta.url).pathname,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const out = new TextDecoder().decode(stdout);
+      assert.equal(code, 0, `${script}: ${new TextDecoder().decode(stderr)}`);
+      for (const server of servers) {
+        const line = out.split("\n").find((l) => l.startsWith(`${server}: `));
+        assert.match(line ?? "", /: [1-9]\d* MB\/s .* CPU \d+\.\d+ s\/GB/, `${script}: ${server}`);
+      }
+    }
+  },
+});

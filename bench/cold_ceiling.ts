@@ -1,0 +1,177 @@
+// The cold path's ceiling in this runtime: the smallest Deno servers that relay a blob from the
+// upstream as the mirror does (fetch, BYOB reads into 1 MiB pieces, each piece enqueued to the
+// response, all on the JavaScript thread), doing a little more each: nothing else; a sha256 of
+// every piece; and also an async write of every piece to a spool file. Alternated with
+// Distribution's proxy on an empty cache, all through the same counting proxy, same curl.
+//
+//   deno run -A bench/cold_ceiling.ts [--size 1GiB] [--rounds 5]
+//
+// Prints each server's MB/s and CPU seconds per GB, every run and the medians.
+
+import { createHash, type Hash } from "node:crypto";
+import { parseArgs } from "node:util";
+import { freePort } from "../tests/fixtures/tools.ts";
+import { newPiece } from "../src/cache/file_stream.ts";
+import { pullRate } from "./clients.ts";
+import { startDistributionProxy } from "./distribution.ts";
+import { setUp } from "./env.ts";
+import { startEnv, startFlags } from "./mirror.ts";
+import { parseOptions } from "./options.ts";
+import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
+import { rotate } from "./systems.ts";
+
+const PIECE = 1024 * 1024;
+/** Spool writes in flight at most, as pieces. */
+const WRITES_AHEAD = 4;
+
+type Mode = "relay" | "sha256" | "spool";
+
+/** Reads from `reader` until `piece` is full or the body ends; the bytes read (empty at the end). */
+async function fill(
+  reader: ReadableStreamBYOBReader,
+  piece: Uint8Array<ArrayBuffer>,
+): Promise<Uint8Array> {
+  const size = piece.length;
+  let view = piece;
+  let filled = 0;
+  while (filled < size) {
+    const { done, value } = await reader.read(view.subarray(filled));
+    if (!value) break;
+    // The read transferred (detached) the buffer: the piece is now a view of the one returned.
+    view = new Uint8Array(value.buffer, value.byteOffset - filled, size);
+    filled += value.length;
+    if (done) break;
+  }
+  return view.subarray(0, filled);
+}
+
+/** The upstream body, piece by piece, hashed and spooled as `mode` says. */
+function relay(body: ReadableStream<Uint8Array>, mode: Mode, spoolPath: string) {
+  const reader = body.getReader({ mode: "byob" });
+  const hash: Hash | undefined = mode === "relay" ? undefined : createHash("sha256");
+  const spool = mode === "spool"
+    ? Deno.openSync(spoolPath, { write: true, create: true, truncate: true })
+    : undefined;
+  let written: Promise<void> = Promise.resolve();
+  const writes: Promise<void>[] = [];
+  const write = async (piece: Uint8Array) => {
+    for (let at = 0; at < piece.length;) at += await spool!.write(piece.subarray(at));
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const piece = await fill(reader, newPiece(PIECE) as Uint8Array<ArrayBuffer>);
+      if (piece.length === 0) {
+        await written;
+        spool?.close();
+        hash?.digest("hex");
+        controller.close();
+        return;
+      }
+      hash?.update(piece);
+      if (spool) {
+        written = written.then(() => write(piece));
+        writes.push(written);
+        if (writes.length > WRITES_AHEAD) await writes.shift();
+      }
+      controller.enqueue(piece);
+    },
+  });
+}
+
+function serve(port: number, upstream: string, mode: Mode, spoolDir: string): void {
+  let n = 0;
+  Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async (request) => {
+    const response = await fetch(upstream + new URL(request.url).pathname);
+    const length = response.headers.get("content-length") ?? "0";
+    const body = relay(response.body!, mode, `${spoolDir}/spool-${n++}`);
+    return new Response(body, { headers: { "content-length": length } });
+  });
+}
+
+if (Deno.args[0] === "--serve") {
+  const [, port, upstream, mode, spoolDir] = Deno.args;
+  serve(Number(port), upstream, mode as Mode, spoolDir);
+} else {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      size: { type: "string", default: "1GiB" },
+      rounds: { type: "string", default: "5" },
+    },
+  });
+  const opts = parseOptions([
+    ...["--size", values.size!, "--mid-size", "1MiB", "--small-size", "1MiB"],
+    ...["--ttfb-blobs", "1"],
+  ]);
+  const dir = await Deno.makeTempDir({ prefix: "cold-ceiling-" });
+  const env = await setUp(dir, opts);
+  try {
+    const checkout = new URL("..", import.meta.url).pathname;
+    const v8 = startFlags(checkout).filter((flag) => flag.startsWith("--v8-flags="));
+    const denoServer = (mode: Mode) => {
+      const port = freePort();
+      const spoolDir = `${dir}/spool-${mode}`;
+      Deno.mkdirSync(spoolDir);
+      const script = new URL(import.meta.url).pathname;
+      const args = ["run", "-A", ...v8, script, "--serve", String(port), env.nginx.proxyUrl];
+      const process = spawnLogged(Deno.execPath(), [...args, mode, spoolDir], {
+        logPath: `${dir}/${mode}.log`,
+        env: startEnv(checkout),
+      });
+      return { process, url: `http://127.0.0.1:${port}`, spoolDir };
+    };
+    const servers: Record<string, ReturnType<typeof denoServer>> = {
+      relay: denoServer("relay"),
+      "relay + sha256": denoServer("sha256"),
+      "relay + sha256 + spool writes": denoServer("spool"),
+    };
+    const names = ["distribution", ...Object.keys(servers)];
+    const rates = Object.fromEntries(names.map((name) => [name, [] as number[]]));
+    const cpu = Object.fromEntries(names.map((name) => [name, [] as number[]]));
+    const upstream: number[] = [];
+    try {
+      for (const { process, url } of Object.values(servers)) {
+        await waitHttp(`${url}/v2/`, { alive: () => !process.exited(), timeoutMs: 30_000 });
+      }
+      for (let round = 0; round < Number(values.rounds); round++) {
+        upstream.push(await pullRate(env.nginx.proxyUrl + env.big.path, env.big.size));
+        for (const name of rotate(names, round)) {
+          // Distribution's proxy starts on an empty cache every time; the others keep nothing.
+          const proxy = name === "distribution"
+            ? await startDistributionProxy(`${dir}/distribution-${round}`, env.nginx.proxyUrl)
+            : undefined;
+          const server = name === "distribution" ? undefined : servers[name];
+          const seconds = () => proxy ? proxy.cpuSeconds() : cpuSeconds(server!.process.pid);
+          try {
+            const before = seconds();
+            rates[name].push(await pullRate((proxy ?? server)!.url + env.big.path, env.big.size));
+            cpu[name].push(perGB(seconds() - before, env.big.size));
+          } finally {
+            await proxy?.stop();
+            await Deno.remove(`${dir}/distribution-${round}`, { recursive: true }).catch(() => {});
+            for (const entry of server ? Deno.readDirSync(server.spoolDir) : []) {
+              Deno.removeSync(`${server!.spoolDir}/${entry.name}`);
+            }
+          }
+          await env.nginx.settle();
+        }
+      }
+    } finally {
+      for (const { process } of Object.values(servers)) await process.stop();
+    }
+    const mb = (values: number[]) => values.map((v) => v.toFixed(0)).join(", ");
+    const s = (values: number[]) => values.map((v) => v.toFixed(2)).join(", ");
+    console.log(`upstream through the counting proxy: ${median(upstream).toFixed(0)} MB/s`);
+    for (const name of names) {
+      const ratio = median(rates[name]) / median(rates.distribution);
+      console.log(
+        `${name}: ${median(rates[name]).toFixed(0)} MB/s (${mb(rates[name])}), ` +
+          `${ratio.toFixed(2)}x Distribution's proxy, ` +
+          `CPU ${median(cpu[name]).toFixed(2)} s/GB (${s(cpu[name])})`,
+      );
+    }
+  } finally {
+    await env.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
