@@ -25,7 +25,9 @@ export function openedS3Blob(client: S3Client, key: string, size: number): Opene
 /**
  * A stream of bytes [start, end) of the object `key` of `size` bytes: a byte stream, like a cached
  * file's (`fileStream`), that reads the GET's body straight into the reader's buffer or,
- * sent as a response, into pieces its send watch sizes ({@linkcode selfWatched}: no wrapper).
+ * sent as a response, into pieces its send watch sizes ({@linkcode selfWatched}: no wrapper),
+ * each filled by as many reads as it takes: fetch hands the body over in smaller chunks, and
+ * every piece handed to the server costs a hop.
  */
 function s3BlobStream(
   client: S3Client,
@@ -59,17 +61,30 @@ function s3BlobStream(
         const into = view
           ? new Uint8Array(view.buffer, view.byteOffset, Math.min(view.byteLength, left))
           : new Uint8Array(piece);
-        const { done, value } = await body.read(into as Uint8Array<ArrayBuffer>);
-        if (done || !value) {
-          throw new Error(
-            `S3 GetObject ${key}: ${end - start - left} of ${end - start} bytes, then the end`,
-          );
+        // A reader's own buffer gets one read; a piece of ours is filled before it is handed over.
+        const size = into.length; // `into` is detached by the first read
+        const want = view ? 1 : size;
+        let got = into as Uint8Array<ArrayBuffer>;
+        let filled = 0;
+        while (filled < want) {
+          const rest = new Uint8Array(got.buffer, got.byteOffset + filled, size - filled);
+          const { done, value } = await body.read(rest);
+          if (done || !value) {
+            throw new Error(
+              `S3 GetObject ${key}: ${end - start - left + filled} of ${
+                end - start
+              } bytes, then the end`,
+            );
+          }
+          // The read transferred the buffer it was given: go on in the view it returned.
+          got = new Uint8Array(value.buffer, value.byteOffset - filled, size);
+          filled += value.length;
         }
+        const value = got.subarray(0, filled);
         if (value.length > left) {
           throw new Error(`S3 GetObject ${key}: more than the ${end - start} bytes asked`);
         }
         left -= value.length;
-        // The read transferred the buffer it was given: answer with the view it returned.
         if (request) request.respondWithNewView(value);
         else controller.enqueue(value);
         if (left === 0) {
