@@ -9,14 +9,13 @@
 // Prints each server's MB/s and CPU seconds per GB, every run and the medians.
 
 import { createHash, type Hash } from "node:crypto";
-import { parseArgs } from "node:util";
 import { freePort } from "../tests/fixtures/tools.ts";
 import { newPiece } from "../src/cache/file_stream.ts";
 import { pullRate } from "./clients.ts";
 import { startDistributionProxy } from "./distribution.ts";
 import { setUp } from "./env.ts";
 import { startEnv, startFlags } from "./mirror.ts";
-import { parseOptions } from "./options.ts";
+import { parseCeilingOptions, parseOptions } from "./options.ts";
 import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
 import { rotate } from "./systems.ts";
 
@@ -92,15 +91,9 @@ if (Deno.args[0] === "--serve") {
   const [, port, upstream, mode, spoolDir] = Deno.args;
   serve(Number(port), upstream, mode as Mode, spoolDir);
 } else {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      size: { type: "string", default: "1GiB" },
-      rounds: { type: "string", default: "5" },
-    },
-  });
+  const { size, rounds } = parseCeilingOptions(Deno.args);
   const opts = parseOptions([
-    ...["--size", values.size!, "--mid-size", "1MiB", "--small-size", "1MiB"],
+    ...["--size", `${size}B`, "--mid-size", "1MiB", "--small-size", "1MiB"],
     ...["--ttfb-blobs", "1"],
   ]);
   const dir = await Deno.makeTempDir({ prefix: "cold-ceiling-" });
@@ -133,7 +126,7 @@ if (Deno.args[0] === "--serve") {
       for (const { process, url } of Object.values(servers)) {
         await waitHttp(`${url}/v2/`, { alive: () => !process.exited(), timeoutMs: 30_000 });
       }
-      for (let round = 0; round < Number(values.rounds); round++) {
+      for (let round = 0; round < rounds; round++) {
         upstream.push(await pullRate(env.nginx.proxyUrl + env.big.path, env.big.size));
         for (const name of rotate(names, round)) {
           // Distribution's proxy starts on an empty cache every time; the others keep nothing.

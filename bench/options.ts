@@ -150,3 +150,17 @@ export function parseOptions(argv: string[]): Options {
     argv,
   };
 }
+
+/** The options of the ceiling programs (bench/*_ceiling.ts): `--size` (1GiB) and `--rounds` (5). */
+export function parseCeilingOptions(argv: string[]): { size: number; rounds: number } {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      size: { type: "string", default: "1GiB" },
+      rounds: { type: "string", default: "5" },
+    },
+  });
+  const size = parseSize(values.size!);
+  if (size === undefined) throw new Error(`--size ${values.size}: not a size`);
+  return { size, rounds: count(values.rounds!, "rounds") };
+}

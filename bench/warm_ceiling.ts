@@ -13,13 +13,12 @@
 // per GB, every run and the medians.
 
 import { createHash } from "node:crypto";
-import { parseArgs } from "node:util";
 import { REGISTRY_BINARY } from "../tests/fixtures/registry.ts";
 import { freePort } from "../tests/fixtures/tools.ts";
 import { pullRate } from "./clients.ts";
 import { fileStream, newPiece } from "../src/cache/file_stream.ts";
-import { parseSize } from "../src/units.ts";
 import { startEnv, startFlags } from "./mirror.ts";
+import { parseCeilingOptions } from "./options.ts";
 import { cpuTimes, median, minorFaults, perGB, spawnLogged, waitHttp } from "./proc.ts";
 import { rotate } from "./systems.ts";
 
@@ -68,15 +67,7 @@ function reusedBuffers(file: Deno.FsFile): ReadableStream<Uint8Array> {
 if (Deno.args[0] === "--serve") {
   serve(Number(Deno.args[1]), Deno.args[2], Deno.args[3] === "reuse");
 } else {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      size: { type: "string", default: "1GiB" },
-      rounds: { type: "string", default: "5" },
-    },
-  });
-  const size = parseSize(values.size!);
-  if (size === undefined) throw new Error(`--size ${values.size}: not a size`);
+  const { size, rounds } = parseCeilingOptions(Deno.args);
   const dir = await Deno.makeTempDir({ prefix: "warm-ceiling-" });
   try {
     // One random file, laid out as Distribution's filesystem storage holds a blob.
@@ -147,7 +138,7 @@ if (Deno.args[0] === "--serve") {
       for (const { process, url } of Object.values(servers)) {
         await waitHttp(url, { alive: () => !process.exited(), timeoutMs: 30_000 });
       }
-      for (let round = 0; round < Number(values.rounds); round++) {
+      for (let round = 0; round < rounds; round++) {
         for (const name of rotate(names, round)) {
           const { process, url } = servers[name];
           const faulted = minorFaults(process.pid);
