@@ -1,7 +1,8 @@
 // The cold path's ceiling in this runtime: the smallest Deno servers that relay a blob from the
-// upstream as the mirror does (fetch, BYOB reads into 1 MiB pieces, each piece enqueued to the
-// response, all on the JavaScript thread), doing a little more each: nothing else; a sha256 of
-// every piece; and also an async write of every piece to a spool file. Alternated with
+// upstream as the mirror does (fetch, read by the mirror's own BodyReader: BYOB reads of up to
+// 1 MiB, each chunk enqueued to the response, all on the JavaScript thread), doing a little more
+// each: nothing else; a sha256 of every chunk; and also an async write of every chunk to a spool
+// file. Alternated with
 // Distribution's proxy on an empty cache, all through the same counting proxy, same curl.
 //
 //   deno run -A bench/cold_ceiling.ts [--size 1GiB] [--rounds 5]
@@ -10,7 +11,7 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { freePort } from "../tests/fixtures/tools.ts";
-import { newPiece } from "../src/cache/file_stream.ts";
+import { BodyReader } from "../src/cache/body_reader.ts";
 import { pullRate } from "./clients.ts";
 import { startDistributionProxy } from "./distribution.ts";
 import { setUp } from "./env.ts";
@@ -19,34 +20,14 @@ import { parseCeilingOptions, parseOptions } from "./options.ts";
 import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
 import { rotate } from "./systems.ts";
 
-const PIECE = 1024 * 1024;
-/** Spool writes in flight at most, as pieces. */
+/** Spool writes in flight at most, as chunks. */
 const WRITES_AHEAD = 4;
 
 type Mode = "relay" | "sha256" | "spool";
 
-/** Reads from `reader` until `piece` is full or the body ends; the bytes read (empty at the end). */
-async function fill(
-  reader: ReadableStreamBYOBReader,
-  piece: Uint8Array<ArrayBuffer>,
-): Promise<Uint8Array> {
-  const size = piece.length;
-  let view = piece;
-  let filled = 0;
-  while (filled < size) {
-    const { done, value } = await reader.read(view.subarray(filled));
-    if (!value) break;
-    // The read transferred (detached) the buffer: the piece is now a view of the one returned.
-    view = new Uint8Array(value.buffer, value.byteOffset - filled, size);
-    filled += value.length;
-    if (done) break;
-  }
-  return view.subarray(0, filled);
-}
-
-/** The upstream body, piece by piece, hashed and spooled as `mode` says. */
+/** The upstream body, chunk by chunk, hashed and spooled as `mode` says. */
 function relay(body: ReadableStream<Uint8Array>, mode: Mode, spoolPath: string) {
-  const reader = body.getReader({ mode: "byob" });
+  const reader = new BodyReader(body);
   const hash: Hash | undefined = mode === "relay" ? undefined : createHash("sha256");
   const spool = mode === "spool"
     ? Deno.openSync(spoolPath, { write: true, create: true, truncate: true })
@@ -58,8 +39,8 @@ function relay(body: ReadableStream<Uint8Array>, mode: Mode, spoolPath: string) 
   };
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
-      const piece = await fill(reader, newPiece(PIECE) as Uint8Array<ArrayBuffer>);
-      if (piece.length === 0) {
+      const piece = await reader.read();
+      if (!piece) {
         await written;
         spool?.close();
         hash?.digest("hex");

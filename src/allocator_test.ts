@@ -1,4 +1,4 @@
-import { equal, match } from "node:assert/strict";
+import { equal, match, ok } from "node:assert/strict";
 import { allocatorWarning, GLIBC_TUNABLES } from "./allocator.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -12,6 +12,11 @@ Deno.test("allocator: the container image sets the settings for the executable",
   const dockerfile = await Deno.readTextFile(`${ROOT}Dockerfile`);
   const final = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
   equal(final.match(/^ENV GLIBC_TUNABLES=(\S+)$/m)?.[1], GLIBC_TUNABLES);
+});
+
+Deno.test("allocator: the README gives the same settings", async () => {
+  const readme = await Deno.readTextFile(`${ROOT}README.md`);
+  ok(readme.includes("`GLIBC_TUNABLES=" + GLIBC_TUNABLES + "`"), "the README's settings differ");
 });
 
 Deno.test("allocator: a warning on Linux without the settings, none with them or elsewhere", () => {
