@@ -1,5 +1,14 @@
 import { deepEqual, equal, match, throws } from "node:assert/strict";
-import { log, logFormat, redactUrls, renderMessage, setupLogging } from "./log.ts";
+import {
+  FLUSH_CHARS,
+  FLUSH_MS,
+  LineBatch,
+  log,
+  logFormat,
+  redactUrls,
+  renderMessage,
+  setupLogging,
+} from "./log.ts";
 
 Deno.test("redactUrls: signed URL queries never reach a log line or an error message", () => {
   equal(
@@ -88,4 +97,38 @@ Deno.test("logs: text at a terminal, JSON otherwise, unless MIRROR_LOG_FORMAT sa
   equal(logFormat("text", false), "text");
   throws(() => logFormat("yaml", false), /MIRROR_LOG_FORMAT: unknown format "yaml" \(json, text\)/);
   throws(() => setupLogging("loud"), /MIRROR_LOG_LEVEL: unknown level "loud"/);
+});
+
+Deno.test("log lines: written together, in order, within FLUSH_MS; at once past FLUSH_CHARS", async () => {
+  const writes: string[] = [];
+  const batch = new LineBatch((text) => writes.push(text));
+  batch.add("a\n");
+  batch.add("b\n");
+  deepEqual(writes, [], "nothing written at once");
+  await new Promise((resolve) => setTimeout(resolve, FLUSH_MS * 3));
+  deepEqual(writes, ["a\nb\n"], "one write for the burst, in order");
+  const big = "x".repeat(FLUSH_CHARS);
+  batch.add("c\n");
+  batch.add(big);
+  deepEqual(writes, ["a\nb\n", `c\n${big}`], "a full batch is written at once");
+  batch.add("d\n");
+  batch.flush();
+  deepEqual(writes.at(-1), "d\n", "flush writes what is queued (at exit)");
+  batch.flush();
+  equal(writes.length, 3, "an empty flush writes nothing");
+});
+
+Deno.test("log lines: the last ones reach stderr when the process exits or fails", async () => {
+  const logModule = new URL("./log.ts", import.meta.url).href;
+  for (const end of ["Deno.exit(3)", "throw new Error('boom')", "undefined"]) {
+    const script = `import { log, setupLogging } from "${logModule}";
+      setupLogging("info", { format: "json", terminal: false });
+      setTimeout(() => { log.info("last {n}", { n: 1 }); ${end}; }, 1);`;
+    const { stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    match(new TextDecoder().decode(stderr), /"message":"last 1"/, end);
+  }
 });
