@@ -151,16 +151,27 @@ export function parseOptions(argv: string[]): Options {
   };
 }
 
-/** The options of the ceiling programs (bench/*_ceiling.ts): `--size` (1GiB) and `--rounds` (5). */
-export function parseCeilingOptions(argv: string[]): { size: number; rounds: number } {
+/**
+ * The options of the ceiling programs (bench/*_ceiling.ts): `--size` (1GiB), `--rounds` (5) and,
+ * where `clients` is allowed (the warm ceiling), `--clients` (1: clients pulling at once).
+ */
+export function parseCeilingOptions(
+  argv: string[],
+  allow: { clients?: boolean } = {},
+): { size: number; rounds: number; clients: number } {
   const { values } = parseArgs({
     args: argv,
     options: {
       size: { type: "string", default: "1GiB" },
       rounds: { type: "string", default: "5" },
+      ...(allow.clients ? { clients: { type: "string", default: "1" } } : {}),
     },
   });
-  const size = parseSize(values.size!);
+  const size = parseSize(values.size as string);
   if (size === undefined) throw new Error(`--size ${values.size}: not a size`);
-  return { size, rounds: count(values.rounds!, "rounds") };
+  return {
+    size,
+    rounds: count(values.rounds as string, "rounds"),
+    clients: count((values.clients as string | undefined) ?? "1", "clients"),
+  };
 }

@@ -104,7 +104,13 @@ Deno.test({
   ...skipUnless(["/usr/bin/docker-registry", "/usr/sbin/nginx", "curl"]),
   fn: async () => {
     const ceilings: [string, string[]][] = [
-      ["warm_ceiling.ts", ["distribution", "deno", "deno, glibc's default allocator settings"]],
+      ["warm_ceiling.ts", [
+        "distribution",
+        "deno",
+        "deno, glibc's default allocator settings",
+        "deno, 2 workers (reusePort)",
+        "mirror",
+      ]],
       ["cold_ceiling.ts", ["distribution", "relay", "relay + sha256 + spool writes"]],
     ];
     for (const [script, servers] of ceilings) {
