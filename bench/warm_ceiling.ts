@@ -22,7 +22,15 @@ import { parallelPulls, pullRate } from "./clients.ts";
 import { fileStream, newPiece } from "../src/cache/file_stream.ts";
 import { startEnv, startFlags, startMirrorProcess } from "./mirror.ts";
 import { parseCeilingOptions } from "./options.ts";
-import { cpuTimes, median, minorFaults, perGB, spawnLogged, waitHttp } from "./proc.ts";
+import {
+  cpuTimes,
+  median,
+  minorFaults,
+  perGB,
+  type Spawned,
+  spawnLogged,
+  waitHttp,
+} from "./proc.ts";
 import { rotate } from "./systems.ts";
 
 const PIECE = 1024 * 1024;
@@ -140,27 +148,33 @@ if (worker) {
     // The V8 flags and the environment the mirror runs with (deno task start).
     const checkout = new URL("..", import.meta.url).pathname;
     const v8 = startFlags(checkout).filter((flag) => flag.startsWith("--v8-flags="));
+    const spawned = (process: Spawned, url: string): Measured => ({
+      url,
+      pid: process.pid,
+      alive: () => !process.exited(),
+      stop: () => process.stop(),
+    });
     const denoServer = (name: string, mode: Mode, env = startEnv(checkout)) => {
       const port = freePort();
       const script = new URL(import.meta.url).pathname;
-      return {
-        process: spawnLogged(
+      return spawned(
+        spawnLogged(
           Deno.execPath(),
           ["run", "-A", "--unstable-net", ...v8, script, "--serve", String(port), blob, mode],
           { logPath: `${dir}/${name}.log`, env },
         ),
-        url: `http://127.0.0.1:${port}/`,
-      };
+        `http://127.0.0.1:${port}/`,
+      );
     };
     const registry = `http://127.0.0.1:${registryPort}`;
     const path = `/v2/library/bench/blobs/sha256:${hex}`;
-    const servers = {
-      distribution: {
-        process: spawnLogged(REGISTRY_BINARY, ["serve", `${dir}/registry.yml`], {
+    const measured: Record<string, Measured> = {
+      distribution: spawned(
+        spawnLogged(REGISTRY_BINARY, ["serve", `${dir}/registry.yml`], {
           logPath: `${dir}/registry.log`,
         }),
-        url: registry + path,
-      },
+        registry + path,
+      ),
       deno: denoServer("deno", "fileStream"),
       "deno, glibc's default allocator settings": denoServer("defaults", "fileStream", {
         ...startEnv(checkout),
@@ -173,14 +187,6 @@ if (worker) {
     const cpu: Record<string, number[]> = {};
     const kernel: Record<string, number[]> = {};
     const faults: Record<string, number[]> = {};
-    const measured: Record<string, Measured> = Object.fromEntries(
-      Object.entries(servers).map(([name, { process, url }]) => [name, {
-        url,
-        pid: process.pid,
-        alive: () => !process.exited(),
-        stop: () => process.stop(),
-      }]),
-    );
     try {
       for (const { url, alive } of Object.values(measured)) {
         await waitHttp(url, { alive, timeoutMs: 30_000 });
