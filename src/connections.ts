@@ -2,7 +2,7 @@
 // be timed out and closed alone: Deno.serve accepts by itself and has no timeouts at all.
 
 import { log } from "./log.ts";
-import { type Sending, watchBody } from "./watched_body.ts";
+import { type Sending, sharedPiece, watchBody } from "./watched_body.ts";
 
 /** When connections are closed, and how many may be open. */
 export interface ConnectionSettings {
@@ -86,6 +86,8 @@ export class ConnectionServer {
   readonly #now: () => number;
   readonly #serveOn = serveOnConnection();
   readonly #open = new Set<Connection>();
+  /** Responses whose bodies are being sent in pieces: they share PIECE_BUDGET. */
+  readonly #bodies = new Set<Sending>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #warned = new Map<string, { at: number; since: number }>();
   readonly stats: ConnectionStats = {
@@ -213,6 +215,7 @@ export class ConnectionServer {
       c.active--;
       c.served++;
       c.sending.delete(sending);
+      this.#bodies.delete(sending);
       if (c.active === 0) c.since = this.#now();
     };
     info.completed.then(done, done);
@@ -232,7 +235,9 @@ export class ConnectionServer {
     const body = response.body;
     if (body === null) return response;
     const quickMs = this.#settings.sendTimeoutMs / 16;
-    return new Response(watchBody(body, sending, { now: this.#now, quickMs }), {
+    this.#bodies.add(sending);
+    const maxPiece = () => sharedPiece(this.#bodies.size);
+    return new Response(watchBody(body, sending, { now: this.#now, quickMs, maxPiece }), {
       status: response.status,
       statusText: response.statusText,
       headers: response.headers,

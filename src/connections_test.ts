@@ -4,6 +4,7 @@ import {
   ConnectionServer,
   type ConnectionSettings,
 } from "./connections.ts";
+import { MAX_PIECE, selfWatched, type SendWatch, sharedPiece } from "./watched_body.ts";
 
 const SETTINGS: ConnectionSettings = {
   headerTimeoutMs: 300,
@@ -23,6 +24,7 @@ function serve(handler: ConnectionHandler, settings: Partial<ConnectionSettings>
   const clients: Deno.Conn[] = [];
   return {
     server,
+    port: listener.addr.port,
     async connect(): Promise<Deno.Conn> {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
       clients.push(conn);
@@ -199,4 +201,36 @@ Deno.test("connections: shutdown lets a response in progress finish", async () =
   await stopped;
   equal(server.open, 0);
   conn.close();
+});
+
+Deno.test("connections: bodies sent at once share the piece budget", async () => {
+  const bodies = 40;
+  const asked: number[] = [];
+  let started = 0;
+  const allStarted = Promise.withResolvers<void>();
+  await using s = serve(() => {
+    let watch: SendWatch | undefined;
+    let left = 8;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        const piece = watch!.asked();
+        if (left === 8 && ++started === bodies) allStarted.resolve();
+        await allStarted.promise; // every body is being sent before any piece goes
+        asked.push(piece);
+        c.enqueue(new Uint8Array(piece));
+        watch!.handed();
+        if (--left === 0) c.close();
+      },
+    }, { highWaterMark: 0 });
+    return new Response(selfWatched(body, (w) => watch = w));
+  });
+  const responses = await Promise.all(
+    Array.from({ length: bodies }, () => fetch(`http://127.0.0.1:${s.port}/`)),
+  );
+  await Promise.all(responses.map((r) => r.arrayBuffer()));
+  const share = sharedPiece(bodies);
+  ok(share < MAX_PIECE);
+  equal(asked.length, bodies * 8);
+  ok(asked.every((piece) => piece <= share), `pieces up to ${Math.max(...asked)}, share ${share}`);
+  equal(Math.max(...asked), share, "a fast client's pieces grow to its share");
 });

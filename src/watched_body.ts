@@ -11,6 +11,8 @@ export interface WatchOptions {
   now: () => number;
   /** A client that asks for the next piece within this (ms) gets bigger pieces. */
   quickMs: number;
+  /** The largest piece now, for the bodies being sent to share {@linkcode PIECE_BUDGET}. */
+  maxPiece?: () => number;
 }
 
 /**
@@ -23,6 +25,20 @@ export interface WatchOptions {
 export const MIN_PIECE = 64 * 1024;
 export const MAX_PIECE = 1024 * 1024;
 
+/**
+ * Bytes in pieces handed to the HTTP server, over all the bodies being sent: each body holds its
+ * piece until the socket took it, so fifty warm clients of one 1 GiB blob in 1 MiB pieces grew the
+ * mirror by 72-75 MB, and by 32-41 MB sharing this, in the same time. Twenty bodies or fewer keep
+ * 1 MiB pieces.
+ */
+export const PIECE_BUDGET = 20 * 1024 * 1024;
+
+/** The largest piece for each of `bodies` bodies being sent at once: MIN_PIECE to MAX_PIECE. */
+export function sharedPiece(bodies: number): number {
+  const share = Math.floor(PIECE_BUDGET / Math.max(1, bodies) / MIN_PIECE) * MIN_PIECE;
+  return Math.min(MAX_PIECE, Math.max(MIN_PIECE, share));
+}
+
 /** The send-timeout bookkeeping of one body: each ask of the server, and each piece handed over. */
 export class SendWatch {
   #piece = MIN_PIECE / 2;
@@ -33,7 +49,8 @@ export class SendWatch {
   asked(): number {
     const { sending, opts } = this;
     const waited = sending.waitingSince === 0 ? 0 : opts.now() - sending.waitingSince;
-    this.#piece = waited <= opts.quickMs ? Math.min(MAX_PIECE, this.#piece * 2) : MIN_PIECE;
+    const max = opts.maxPiece?.() ?? MAX_PIECE;
+    this.#piece = waited <= opts.quickMs ? Math.min(max, this.#piece * 2) : MIN_PIECE;
     sending.waitingSince = 0;
     return this.#piece;
   }

@@ -1,5 +1,12 @@
-import { deepEqual, equal } from "node:assert/strict";
-import { MAX_PIECE, MIN_PIECE, type Sending, watchBody } from "./watched_body.ts";
+import { deepEqual, equal, ok } from "node:assert/strict";
+import {
+  MAX_PIECE,
+  MIN_PIECE,
+  PIECE_BUDGET,
+  type Sending,
+  sharedPiece,
+  watchBody,
+} from "./watched_body.ts";
 
 /** A default (not byte) stream of `chunks`, with a gate before each read of the source. */
 function source(chunks: Uint8Array[], gate?: () => Promise<void>): ReadableStream<Uint8Array> {
@@ -84,4 +91,38 @@ Deno.test("watched body: a byte source is read in large reads and passed whole",
   for await (const chunk of body) total += chunk.length;
   equal(total, size);
   equal(reads, 4, "1 MiB per read");
+});
+
+Deno.test("watched body: bodies sent at once share the piece budget", async () => {
+  equal(sharedPiece(1), MAX_PIECE);
+  equal(sharedPiece(20), MAX_PIECE);
+  equal(sharedPiece(50), 384 * 1024);
+  equal(sharedPiece(10_000), MIN_PIECE, "never below the smallest piece");
+  for (const bodies of [1, 3, 21, 50, 333]) {
+    ok(sharedPiece(bodies) * bodies <= Math.max(PIECE_BUDGET, bodies * MIN_PIECE));
+  }
+  // A fast client's pieces grow only to its share.
+  let bodies = 1;
+  const body = watchBody(source([new Uint8Array(8 * MAX_PIECE)]), { waitingSince: 0 }, {
+    now: () => 0,
+    quickMs: 100,
+    maxPiece: () => sharedPiece(bodies),
+  });
+  const reader = body.getReader();
+  const sizes: number[] = [];
+  for (const n of [1, 1, 1, 1, 1, 50, 50, 50]) {
+    bodies = n;
+    sizes.push((await reader.read()).value!.length);
+  }
+  deepEqual(sizes, [
+    MIN_PIECE,
+    2 * MIN_PIECE,
+    4 * MIN_PIECE,
+    8 * MIN_PIECE,
+    MAX_PIECE,
+    384 * 1024, // fifty bodies now
+    384 * 1024,
+    384 * 1024,
+  ]);
+  await reader.cancel();
 });
