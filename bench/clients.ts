@@ -66,14 +66,23 @@ export interface ParallelPulls {
   wallSeconds: number;
 }
 
-/** Starts `count` curl downloads of `url` at once and waits for all of them. */
+/**
+ * Starts `count` curl downloads of `url` at once, or one every `staggerMs`, and waits for all of
+ * them.
+ */
 export async function parallelPulls(
   url: string,
   count: number,
-  opts: PullOptions = {},
+  opts: PullOptions & { staggerMs?: number } = {},
 ): Promise<ParallelPulls> {
   const started = performance.now();
-  const pulls = await Promise.all(Array.from({ length: count }, () => curlPull(url, opts)));
+  const stagger = opts.staggerMs ?? 0;
+  const pulls = await Promise.all(
+    Array.from({ length: count }, async (_, i) => {
+      if (stagger > 0) await new Promise((resolve) => setTimeout(resolve, i * stagger));
+      return await curlPull(url, opts);
+    }),
+  );
   return { pulls, wallSeconds: (performance.now() - started) / 1000 };
 }
 

@@ -64,14 +64,20 @@ Deno.test({
         assert.equal(loads[kind][0].errors, 0, kind);
       }
 
+      type Herd = { originX: number; complete: number; peakRss: number };
       const herd = raw(results, "herd") as {
-        runs: Record<string, { originX: number; complete: number; peakRss: number }[]>;
+        runs: Record<string, Herd[]>;
+        staggered: Record<string, Herd>;
       };
       const clients = parseOptions(["--smoke"]).herdClients;
       assert.ok(herd.runs.mirror[0].originX >= 1 && herd.runs.mirror[0].originX < 1.01);
       assert.ok(herd.runs.distribution[0].originX >= 1);
       assert.equal(herd.runs.mirror[0].complete, clients);
       assert.ok(herd.runs.mirror[0].peakRss > 0);
+      for (const kind of ["mirror", "distribution"]) {
+        assert.equal(herd.staggered[kind].complete, clients, `staggered herd, ${kind}`);
+      }
+      assert.ok(herd.staggered.mirror.originX >= 1 && herd.staggered.mirror.originX < 1.01);
 
       const slow = raw(results, "slow") as { runs: Record<string, { peakRss: number }[]> };
       assert.ok(slow.runs.mirror.every((run) => run.peakRss > 0));
