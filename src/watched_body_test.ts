@@ -6,6 +6,7 @@ import {
   type Sending,
   sharedPiece,
   watchBody,
+  type WatchOptions,
 } from "./watched_body.ts";
 
 /** A default (not byte) stream of `chunks`, with a gate before each read of the source. */
@@ -20,29 +21,31 @@ function source(chunks: Uint8Array[], gate?: () => Promise<void>): ReadableStrea
   });
 }
 
-Deno.test("watched body: pieces grow while the client asks quickly and shrink when it does not", async () => {
-  let now = 1000;
-  const sending: Sending = { waitingSince: 0 };
-  const body = watchBody(source([new Uint8Array(8 * MAX_PIECE)]), sending, {
-    now: () => now,
-    quickMs: 100,
-  });
+/** A fast client's first pieces: from the smallest, doubling up to the largest. */
+const GROWING = [MIN_PIECE, 2 * MIN_PIECE, 4 * MIN_PIECE, 8 * MIN_PIECE, MAX_PIECE];
+
+/** The sizes of the pieces an 8 MiB body is read in, calling `before(step)` ahead of each read. */
+async function pieceSizes(
+  opts: WatchOptions,
+  steps: number[],
+  before: (step: number) => void,
+): Promise<number[]> {
+  const body = watchBody(source([new Uint8Array(8 * MAX_PIECE)]), { waitingSince: 0 }, opts);
   const reader = body.getReader();
   const sizes: number[] = [];
-  for (const pause of [0, 0, 0, 0, 0, 500, 0]) {
-    now += pause;
+  for (const step of steps) {
+    before(step);
     sizes.push((await reader.read()).value!.length);
   }
-  deepEqual(sizes, [
-    MIN_PIECE,
-    2 * MIN_PIECE,
-    4 * MIN_PIECE,
-    8 * MIN_PIECE,
-    MAX_PIECE,
-    MIN_PIECE, // after a slow ask
-    2 * MIN_PIECE,
-  ]);
   await reader.cancel();
+  return sizes;
+}
+
+Deno.test("watched body: pieces grow while the client asks quickly and shrink when it does not", async () => {
+  let now = 1000;
+  const opts = { now: () => now, quickMs: 100 };
+  const sizes = await pieceSizes(opts, [0, 0, 0, 0, 0, 500, 0], (pause) => now += pause);
+  deepEqual(sizes, [...GROWING, MIN_PIECE, /* after a slow ask */ 2 * MIN_PIECE]);
 });
 
 Deno.test("watched body: waiting on the source is not waiting on the client", async () => {
@@ -103,26 +106,7 @@ Deno.test("watched body: bodies sent at once share the piece budget", async () =
   }
   // A fast client's pieces grow only to its share.
   let bodies = 1;
-  const body = watchBody(source([new Uint8Array(8 * MAX_PIECE)]), { waitingSince: 0 }, {
-    now: () => 0,
-    quickMs: 100,
-    maxPiece: () => sharedPiece(bodies),
-  });
-  const reader = body.getReader();
-  const sizes: number[] = [];
-  for (const n of [1, 1, 1, 1, 1, 50, 50, 50]) {
-    bodies = n;
-    sizes.push((await reader.read()).value!.length);
-  }
-  deepEqual(sizes, [
-    MIN_PIECE,
-    2 * MIN_PIECE,
-    4 * MIN_PIECE,
-    8 * MIN_PIECE,
-    MAX_PIECE,
-    384 * 1024, // fifty bodies now
-    384 * 1024,
-    384 * 1024,
-  ]);
-  await reader.cancel();
+  const opts = { now: () => 0, quickMs: 100, maxPiece: () => sharedPiece(bodies) };
+  const sizes = await pieceSizes(opts, [1, 1, 1, 1, 1, 50, 50, 50], (n) => bodies = n);
+  deepEqual(sizes, [...GROWING, ...Array(3).fill(384 * 1024) /* fifty bodies now */]);
 });
