@@ -80,17 +80,12 @@ export async function herdScenario(
       runs[kind].push(await herd(env, opts, caches, kind, `${env.dir}/runs/herd-${kind}-${run}`));
     }
   }
-  const staggered: Partial<Record<CacheKind, Herd>> = {};
-  for (const kind of ["mirror", "distribution"] as const) {
-    staggered[kind] = await herd(
-      env,
-      opts,
-      caches,
-      kind,
-      `${env.dir}/runs/herd-staggered-${kind}`,
-      STAGGER_MS,
-    );
-  }
+  const staggeredRun = (kind: CacheKind) =>
+    herd(env, opts, caches, kind, `${env.dir}/runs/herd-staggered-${kind}`, STAGGER_MS);
+  const staggered: Record<CacheKind, Herd> = {
+    mirror: await staggeredRun("mirror"),
+    distribution: await staggeredRun("distribution"),
+  };
   const med = (kind: CacheKind, pick: (h: Herd) => number) => median(runs[kind].map(pick));
   const n = opts.herdClients;
   const of = `of ${opts.herdRuns} run${opts.herdRuns > 1 ? "s" : ""}`;
@@ -141,7 +136,7 @@ export async function herdScenario(
       target: "mirror grows <= 48 MB",
       verdict: growth("mirror") <= rssGrowthLimit ? "met" : "missed",
     },
-    staggeredRow(n, staggered as Record<CacheKind, Herd>),
+    staggeredRow(n, staggered),
   ];
   return { id: "herd", rows, raw: { runs, staggered } };
 }
