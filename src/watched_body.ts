@@ -42,12 +42,17 @@ export function sharedPiece(bodies: number): number {
 /** The send-timeout bookkeeping of one body: each ask of the server, and each piece handed over. */
 export class SendWatch {
   #piece = MIN_PIECE / 2;
+  /** Called at the next ask: the piece last handed over is then the server's alone. */
+  #sent?: () => void;
 
   constructor(readonly sending: Sending, readonly opts: WatchOptions) {}
 
   /** The server asks for more: the client is not waited on; returns the size of the next piece. */
   asked(): number {
     const { sending, opts } = this;
+    const sent = this.#sent;
+    this.#sent = undefined;
+    sent?.();
     const waited = sending.waitingSince === 0 ? 0 : opts.now() - sending.waitingSince;
     const max = opts.maxPiece?.() ?? MAX_PIECE;
     this.#piece = waited <= opts.quickMs ? Math.min(max, this.#piece * 2) : MIN_PIECE;
@@ -55,9 +60,15 @@ export class SendWatch {
     return this.#piece;
   }
 
-  /** A piece was handed over, or the body ended (the rest is still in buffers): the client is waited on. */
-  handed(): void {
+  /**
+   * A piece was handed over, or the body ended (the rest is still in buffers): the client is waited
+   * on. `sent` is called at the next ask, when the server holds that piece itself: Deno.serve's body
+   * sink passes each piece to Rust, which keeps its own reference to the memory until the socket
+   * took it, before it reads the next one.
+   */
+  handed(sent?: () => void): void {
     this.sending.waitingSince = this.opts.now();
+    this.#sent = sent;
   }
 }
 

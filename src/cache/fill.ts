@@ -2,6 +2,7 @@
 // latest ones (or all of them once the fill stopped caching), in memory, which any number of
 // clients follow at their own pace.
 
+import { selfWatched, type SendWatch } from "../watched_body.ts";
 import { SpoolBlocks } from "./spool_blocks.ts";
 import type { Store } from "./store.ts";
 
@@ -258,8 +259,11 @@ export class Fill {
         release(me.pos - start, complete);
       }
     };
-    return new ReadableStream<Uint8Array>({
+    let watch: SendWatch | undefined;
+    const stream = new ReadableStream<Uint8Array>({
       pull: async (out) => {
+        const piece = watch?.asked() ?? Infinity;
+        let sent: (() => void) | undefined;
         try {
           let available: number;
           for (;;) {
@@ -280,19 +284,27 @@ export class Fill {
             }
             await this.#changed();
           }
-          const stop = Math.min(end ?? Infinity, available);
+          const stop = Math.min(end ?? Infinity, available, me.pos + piece);
           let part = this.#fromMemory(me.pos, stop);
-          if (!part && me.pos < this.stored) part = await this.#spool.at(me.pos, stop, this.stored);
+          if (!part && me.pos < this.stored) {
+            ({ bytes: part, sent } = await this.#spool.at(me.pos, stop, this.stored));
+          }
           if (!part) throw new Error(`a client fell behind the uncached fill of ${this.digest}`);
           me.pos += part.length;
           this.#trim();
           out.enqueue(part);
         } catch (e) {
+          sent = undefined;
           done();
           out.error(e);
+        } finally {
+          watch?.handed(sent);
         }
       },
       cancel: () => done(),
-    }, { highWaterMark: 0 });
+    }, { highWaterMark: 0 }); // a part is taken when the server asks: see SendWatch.handed
+    // Sent as a response, its own send watch: parts of the size the client takes (64 KiB to a slow
+    // one), without a wrapper stream, and a spool block's memory freed once the server holds it.
+    return selfWatched(stream, (w) => watch = w);
   }
 }

@@ -18,6 +18,7 @@ import {
 } from "./_test_support.ts";
 import { MAX_READ } from "./body_reader.ts";
 import { type Fill, WINDOW } from "./fill.ts";
+import { MAX_PIECE, watchBody } from "../watched_body.ts";
 
 const KiB = 1024;
 
@@ -155,6 +156,47 @@ Deno.test("pump: followers behind the memory share each spool read", async () =>
   for (const body of got) assertBody(body, blob);
   equal(opens, 1, "one spool reader for all followers");
   ok(reads <= 2 * (WINDOW / (256 * KiB)), `${reads} spool reads for ${WINDOW} bytes, 10 clients`);
+});
+
+Deno.test("pump: a follower sent as a response frees each spool block once the server holds it", async () => {
+  await using t = await tempCache();
+  const blob = patterned(WINDOW * 3, 25);
+  const digest = sha256(blob);
+  const up = upstream(() =>
+    new Response(scripted(chunks(blob, 256 * KiB)).stream, {
+      headers: { "content-length": String(blob.length) },
+    })
+  );
+  const fill = await t.cache.fill(digest, ORIGIN, up.open).fill;
+  await settled(fill);
+  // Late clients: the first 2 WINDOWs are only in the spool now, the last one in memory too.
+  /** Follows the whole blob; each piece as handed over, where it starts, and a copy of it. */
+  const follow = async (watched: boolean) => {
+    const body = t.cache.follow(fill, 0, undefined, ignore);
+    // As the connection server sends a response: each piece is taken when the server asks.
+    const opts = { now: () => 0, quickMs: 100 };
+    const reader = (watched ? watchBody(body, { waitingSince: 0 }, opts) : body).getReader();
+    const pieces: { handed: Uint8Array; at: number; copy: Uint8Array }[] = [];
+    for (let at = 0;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      pieces.push({ handed: value, at, copy: value.slice() });
+      at += value.length;
+    }
+    const bytes = new Uint8Array(
+      await new Blob(pieces.map((p) => p.copy) as BlobPart[]).arrayBuffer(),
+    );
+    assertBody({ bytes }, blob);
+    return pieces;
+  };
+  const plain = await follow(false);
+  ok(plain.every((p) => p.handed.length > 0), "nothing a JavaScript reader took is freed");
+  const sent = await follow(true);
+  ok(sent.every((p) => p.copy.length <= MAX_PIECE), "pieces of the size the send watch asks");
+  const fromSpool = sent.filter((p) => p.at < 2 * WINDOW);
+  const freed = sent.filter((p) => p.handed.length === 0);
+  ok(fromSpool.length > 0);
+  deepEqual(freed, fromSpool, "every piece read from the spool, and only those, was freed");
 });
 
 // Regression: reads that filled one buffer across several upstream reads lost those bytes with a

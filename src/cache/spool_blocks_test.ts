@@ -43,7 +43,7 @@ Deno.test("spool blocks: followers at one position share one read of each block"
     // Every follower asks at once, as fifty clients of one blob do.
     await Promise.all(positions.map(async (pos, i) => {
       if (pos >= bytes.length) return;
-      const part = await blocks.at(pos, bytes.length, bytes.length);
+      const { bytes: part } = await blocks.at(pos, bytes.length, bytes.length);
       got[i].push(part);
       positions[i] += part.length;
     }));
@@ -61,12 +61,12 @@ Deno.test("spool blocks: a block ends at the bytes stored and at the follower's 
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
   // The file holds more than `stored` (a write landing): those bytes are not read yet.
-  const first = await blocks.at(10, 3 * BLOCK, 1000);
+  const { bytes: first } = await blocks.at(10, 3 * BLOCK, 1000);
   deepEqual(first, bytes.subarray(10, 1000));
   // A range ending early gets only its bytes; the block read for it serves later positions too.
-  const short = await blocks.at(2000, 2100, 3 * BLOCK);
+  const { bytes: short } = await blocks.at(2000, 2100, 3 * BLOCK);
   deepEqual(short, bytes.subarray(2000, 2100));
-  const after = await blocks.at(2100, 3 * BLOCK, 3 * BLOCK);
+  const { bytes: after } = await blocks.at(2100, 3 * BLOCK, 3 * BLOCK);
   deepEqual(after, bytes.subarray(2100, 2000 + BLOCK));
   equal(spool.counts.reads, 2);
   await blocks.close();
@@ -76,9 +76,34 @@ Deno.test("spool blocks: after close, the next read opens the spool again", asyn
   const bytes = patterned(1000);
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
-  deepEqual(await blocks.at(0, 1000, 1000), bytes);
+  deepEqual((await blocks.at(0, 1000, 1000)).bytes, bytes);
   await blocks.close();
-  deepEqual(await blocks.at(500, 1000, 1000), bytes.subarray(500));
+  deepEqual((await blocks.at(500, 1000, 1000)).bytes, bytes.subarray(500));
   equal(spool.counts.opens, 2);
   await blocks.close();
+});
+
+Deno.test("spool blocks: a block is freed once no longer kept and every part of it was sent", async () => {
+  const bytes = patterned(40 * BLOCK);
+  await using spool = await spoolFile(bytes);
+  const blocks = new SpoolBlocks(spool.open);
+  const at = (i: number) => blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length);
+  // Block 0: two followers take a part each; block 1: a part never marked sent.
+  const a = await at(0);
+  const b = await at(0);
+  const unsent = await at(1);
+  a.sent();
+  b.sent();
+  b.sent(); // twice counts once
+  equal(a.bytes.length, BLOCK, "a kept block is not freed, even with every part sent");
+  // Reading 16 more blocks, each sent at once, pushes blocks 0 and 1 out of those kept.
+  for (let i = 2; i < 18; i++) (await at(i)).sent();
+  equal(a.bytes.length, 0, "block 0: no longer kept, every part sent: freed");
+  equal(b.bytes.length, 0);
+  deepEqual(unsent.bytes, bytes.subarray(BLOCK, 2 * BLOCK), "block 1's part was never sent");
+  equal(blocks.freed, 1);
+  // Closing lets go of the blocks still kept: those with every part sent are freed.
+  await blocks.close();
+  equal(blocks.freed, 17);
+  deepEqual(unsent.bytes, bytes.subarray(BLOCK, 2 * BLOCK));
 });
