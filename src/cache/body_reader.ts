@@ -8,6 +8,8 @@ export const MAX_READ = 1024 * 1024;
 /** The chunks of one upstream body, each in a buffer of its own that nothing writes again. */
 export class BodyReader {
   readonly #byob?: ReadableStreamBYOBReader;
+  /** Whether each chunk is in a buffer of its own, which nothing else reads (BYOB reads). */
+  readonly owned: boolean;
   readonly #plain?: ReadableStreamDefaultReader<Uint8Array>;
   #skip: number;
 
@@ -19,6 +21,7 @@ export class BodyReader {
     } catch {
       this.#plain = body.getReader(); // not a byte stream: its own chunks
     }
+    this.owned = this.#byob !== undefined;
   }
 
   /** The next chunk, or undefined at the end of the body. */

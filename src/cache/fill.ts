@@ -3,7 +3,8 @@
 // clients follow at their own pace.
 
 import { selfWatched, type SendWatch } from "../watched_body.ts";
-import { SpoolBlocks } from "./spool_blocks.ts";
+import { type Part, SharedBytes } from "./shared_bytes.ts";
+import { SpoolBlocks, type SpoolCursor } from "./spool_blocks.ts";
 import type { Store } from "./store.ts";
 
 /**
@@ -47,7 +48,7 @@ export class Fill {
    * Received chunks in memory, in order: every one not yet in the spool (being written, or passed
    * through once caching stopped) and, while caching, the last WINDOW bytes of those that are.
    */
-  #memory: { offset: number; chunk: Uint8Array }[] = [];
+  #memory: SharedBytes[] = [];
   #memoryBytes = 0;
   /** The spool as followers behind the memory read it. */
   readonly #spool: SpoolBlocks;
@@ -77,9 +78,12 @@ export class Fill {
     this.#spool = new SpoolBlocks(() => store.openFill(spoolPath!, digest));
   }
 
-  /** Records a chunk received from upstream; it must not change afterwards (followers share it). */
-  appended(chunk: Uint8Array): void {
-    this.#memory.push({ offset: this.received, chunk });
+  /**
+   * Records a chunk received from upstream; it must not change afterwards (followers share it).
+   * An `owned` chunk's buffer is read by nothing else: it is freed once written and sent.
+   */
+  appended(chunk: Uint8Array, owned = false): void {
+    this.#memory.push(new SharedBytes(this.received, chunk, owned));
     this.#memoryBytes += chunk.length;
     this.received += chunk.length;
     this.notify();
@@ -191,13 +195,16 @@ export class Fill {
     for (const f of this.#followers) lowest = Math.min(lowest, f.pos);
     while (this.#memory.length > 0) {
       const first = this.#memory[0];
-      const end = first.offset + first.chunk.length;
-      const stored = end <= this.stored &&
-        (!this.caching || this.#memoryBytes - first.chunk.length >= WINDOW);
-      const read = !this.caching && end <= lowest;
+      const written = first.end <= this.stored;
+      const stored = written &&
+        (!this.caching || this.#memoryBytes - first.bytes.length >= WINDOW);
+      const read = !this.caching && first.end <= lowest;
       if (!stored && !read) break;
       this.#memory.shift();
-      this.#memoryBytes -= first.chunk.length;
+      this.#memoryBytes -= first.bytes.length;
+      // Written, its memory goes once its last part is sent. One not written in full may still
+      // wait in the spool writer's queue: the collector frees it.
+      if (written) first.unkeep();
     }
     if (this.caching ? !this.#behind() : this.#memoryBytes <= PASS_THROUGH_BUFFER) {
       this.#wakePump();
@@ -220,14 +227,12 @@ export class Fill {
   }
 
   /** The bytes at `pos` (up to `stop`) held in memory, if any. */
-  #fromMemory(pos: number, stop: number): Uint8Array | undefined {
+  #fromMemory(pos: number, stop: number): Part | undefined {
     // Followers are mostly close behind the fill: the newest chunks are looked at first.
     for (let i = this.#memory.length - 1; i >= 0; i--) {
-      const { offset, chunk } = this.#memory[i];
-      if (pos >= offset && pos < offset + chunk.length) {
-        return chunk.subarray(pos - offset, stop - offset);
-      }
-      if (pos >= offset + chunk.length) return undefined;
+      const chunk = this.#memory[i];
+      if (chunk.has(pos)) return chunk.part(pos, stop);
+      if (pos >= chunk.end) return undefined;
     }
     return undefined;
   }
@@ -246,6 +251,7 @@ export class Fill {
   ): ReadableStream<Uint8Array> {
     const over = () => this.settled || (this.verified && !untilSettled);
     const me: Follower = { pos: start };
+    const cursor: SpoolCursor = {};
     this.#followers.add(me);
     this.#hadFollowers = true;
     let released = false;
@@ -253,6 +259,7 @@ export class Fill {
       if (!released) {
         released = true;
         this.#followers.delete(me);
+        this.#spool.leave(cursor);
         if (this.#followers.size === 0) this.#spool.close().catch(() => {});
         this.#trim();
         this.#checkIdle();
@@ -285,14 +292,16 @@ export class Fill {
             await this.#changed();
           }
           const stop = Math.min(end ?? Infinity, available, me.pos + piece);
+          // From memory or the spool, a part of bytes other followers may share.
           let part = this.#fromMemory(me.pos, stop);
           if (!part && me.pos < this.stored) {
-            ({ bytes: part, sent } = await this.#spool.at(me.pos, stop, this.stored));
+            part = await this.#spool.at(me.pos, stop, this.stored, cursor);
           }
           if (!part) throw new Error(`a client fell behind the uncached fill of ${this.digest}`);
-          me.pos += part.length;
+          me.pos += part.bytes.length;
           this.#trim();
-          out.enqueue(part);
+          out.enqueue(part.bytes);
+          sent = part.sent;
         } catch (e) {
           sent = undefined;
           done();

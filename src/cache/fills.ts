@@ -201,7 +201,7 @@ export class Fills {
         if (fill.size !== undefined && fill.received + chunk.length > fill.size) {
           throw new RegistryError("BLOB_UNKNOWN", "upstream sent more than Content-Length");
         }
-        fill.appended(chunk);
+        fill.appended(chunk, body.owned);
         if (fill.caching) {
           reservation.ahead(fill.received);
           writer!.write(chunk);

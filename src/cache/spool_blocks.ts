@@ -1,32 +1,18 @@
 // A fill's spool as its followers read it once they are behind the bytes the fill keeps in memory:
 // each block is read once into a buffer of its own, which every follower near that position
-// shares. Fifty clients on one blob cost one read and one buffer per block, not fifty. A block's
-// memory is freed as soon as it is no longer kept and the HTTP server holds every part of it
-// handed out, rather than at V8's next collection: clients that arrive apart read blocks of their
-// own, and those left to the collector grew the mirror by 210-245 MB with fifty of them.
+// shares. Fifty clients on one blob cost one read and one buffer per block, not fifty. A block is
+// freed once no longer kept and every part of it was sent (see SharedBytes).
+
+import { type Part, SharedBytes } from "./shared_bytes.ts";
 
 /** Bytes read from the spool at once. */
 export const BLOCK = 256 * 1024;
 /** Blocks kept for the followers behind the one that read them. */
 const KEEP = 16;
 
-/** Part of a block, for one follower. */
-export interface SpoolPart {
-  bytes: Uint8Array;
-  /**
-   * To call once the part is no longer read in JavaScript (the HTTP server holds its own reference
-   * to the memory): once every part of a block is, and the block is no longer kept, its memory is
-   * freed. A part never marked sent keeps its block for the collector.
-   */
-  sent: () => void;
-}
-
-interface Block {
-  offset: number;
-  bytes: Uint8Array;
-  /** Parts handed out and not yet sent. */
-  held: number;
-  kept: boolean;
+/** A follower's place in the spool (see {@linkcode SpoolBlocks.at}). */
+export interface SpoolCursor {
+  block?: SharedBytes;
 }
 
 /** The blocks of one spool most recently read. */
@@ -34,11 +20,9 @@ export class SpoolBlocks {
   readonly #open: () => Promise<Deno.FsFile>;
   #file?: Promise<Deno.FsFile>;
   /** Oldest first. */
-  #blocks: Block[] = [];
+  #blocks: SharedBytes[] = [];
   /** The read in progress: one at a time, since a read is a seek and a read of one file. */
   #reading?: Promise<void>;
-  /** Blocks whose memory was freed, since the start. */
-  freed = 0;
 
   /** Reads the spool that `open` opens (once, then again after `close`). */
   constructor(open: () => Promise<Deno.FsFile>) {
@@ -47,14 +31,46 @@ export class SpoolBlocks {
 
   /**
    * The spool's bytes from `pos`: at least one, at most to `stop`. The spool holds `stored` bytes
-   * (more than `pos`); a block is never read past them.
+   * (more than `pos`); a block is never read past them. With a `cursor`, the block the part comes
+   * from stays the follower's until it asks for bytes outside it (or {@linkcode leave}s): a
+   * follower taking a block in small pieces reads it once, however many others read meanwhile.
    */
-  async at(pos: number, stop: number, stored: number): Promise<SpoolPart> {
+  async at(pos: number, stop: number, stored: number, cursor?: SpoolCursor): Promise<Part> {
+    const mine = cursor?.block;
+    if (mine?.has(pos)) return mine.part(pos, stop);
+    if (cursor) this.leave(cursor);
+    const block = await this.#find(pos, stored);
+    const part = block.part(pos, stop);
+    if (cursor) cursor.block = block; // the hold #find took is now the cursor's
+    else block.release(); // the part holds it
+    return part;
+  }
+
+  /** The follower of `cursor` is done with its block. */
+  leave(cursor: SpoolCursor): void {
+    cursor.block?.release();
+    cursor.block = undefined;
+  }
+
+  /** Closes the file and forgets the blocks (a later read opens it again). */
+  async close(): Promise<void> {
+    const file = this.#file;
+    this.#file = undefined;
+    for (const block of this.#blocks.splice(0)) block.unkeep();
+    await this.#reading?.catch(() => {});
+    (await file?.catch(() => undefined))?.close();
+  }
+
+  /**
+   * The block holding `pos`, one kept or read now, held once for the caller: between this return
+   * and the caller's next step, other followers' reads may push it out of those kept.
+   */
+  async #find(pos: number, stored: number): Promise<SharedBytes> {
     for (;;) {
-      for (let i = this.#blocks.length - 1; i >= 0; i--) {
-        const block = this.#blocks[i];
-        const { offset, bytes } = block;
-        if (pos >= offset && pos < offset + bytes.length) return this.#part(block, pos, stop);
+      const found = this.#blocks.findLast((block) => block.has(pos));
+      if (found) {
+        found.hold();
+        return found;
       }
       if (this.#reading) {
         // Another follower's read may bring these bytes too.
@@ -71,45 +87,6 @@ export class SpoolBlocks {
     }
   }
 
-  /** Closes the file and forgets the blocks (a later read opens it again). */
-  async close(): Promise<void> {
-    const file = this.#file;
-    this.#file = undefined;
-    for (const block of this.#blocks.splice(0)) this.#unkeep(block);
-    await this.#reading?.catch(() => {});
-    (await file?.catch(() => undefined))?.close();
-  }
-
-  #part(block: Block, pos: number, stop: number): SpoolPart {
-    block.held++;
-    let sent = false;
-    return {
-      bytes: block.bytes.subarray(pos - block.offset, stop - block.offset),
-      sent: () => {
-        if (sent) return;
-        sent = true;
-        block.held--;
-        this.#freeIfDone(block);
-      },
-    };
-  }
-
-  #unkeep(block: Block): void {
-    block.kept = false;
-    this.#freeIfDone(block);
-  }
-
-  #freeIfDone(block: Block): void {
-    if (block.kept || block.held > 0) return;
-    const buffer = block.bytes.buffer as ArrayBuffer;
-    if (buffer.detached) return;
-    try {
-      // Detaching drops JavaScript's reference to the memory now; whoever else holds it keeps it.
-      buffer.transfer(0);
-      this.freed++;
-    } catch { /* not detachable: the collector frees it */ }
-  }
-
   /** Reads the block [pos, stop). */
   async #read(pos: number, stop: number): Promise<void> {
     this.#file ??= this.#open();
@@ -123,7 +100,7 @@ export class SpoolBlocks {
       if (n === null) throw new Error(`the spool ended at byte ${pos + at}, before ${stop}`);
       at += n;
     }
-    this.#blocks.push({ offset: pos, bytes, held: 0, kept: true });
-    if (this.#blocks.length > KEEP) this.#unkeep(this.#blocks.shift()!);
+    this.#blocks.push(new SharedBytes(pos, bytes));
+    if (this.#blocks.length > KEEP) this.#blocks.shift()!.unkeep();
   }
 }

@@ -1,6 +1,7 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { patterned } from "./_test_support.ts";
-import { BLOCK, SpoolBlocks } from "./spool_blocks.ts";
+import type { Part } from "./shared_bytes.ts";
+import { BLOCK, SpoolBlocks, type SpoolCursor } from "./spool_blocks.ts";
 
 /** A temp file holding `bytes`; `opens` and `reads` count what SpoolBlocks did with it. */
 async function spoolFile(bytes: Uint8Array) {
@@ -97,13 +98,44 @@ Deno.test("spool blocks: a block is freed once no longer kept and every part of 
   b.sent(); // twice counts once
   equal(a.bytes.length, BLOCK, "a kept block is not freed, even with every part sent");
   // Reading 16 more blocks, each sent at once, pushes blocks 0 and 1 out of those kept.
-  for (let i = 2; i < 18; i++) (await at(i)).sent();
+  const later = [];
+  for (let i = 2; i < 18; i++) {
+    const part = await at(i);
+    part.sent();
+    later.push(part);
+  }
   equal(a.bytes.length, 0, "block 0: no longer kept, every part sent: freed");
   equal(b.bytes.length, 0);
   deepEqual(unsent.bytes, bytes.subarray(BLOCK, 2 * BLOCK), "block 1's part was never sent");
-  equal(blocks.freed, 1);
+  ok(later.every((part) => part.bytes.length === BLOCK), "the blocks kept are not freed");
   // Closing lets go of the blocks still kept: those with every part sent are freed.
   await blocks.close();
-  equal(blocks.freed, 17);
+  ok(later.every((part) => part.bytes.length === 0));
   deepEqual(unsent.bytes, bytes.subarray(BLOCK, 2 * BLOCK));
+});
+
+Deno.test("spool blocks: a follower's cursor keeps its block while others' reads push it out", async () => {
+  const bytes = patterned(40 * BLOCK);
+  await using spool = await spoolFile(bytes);
+  const blocks = new SpoolBlocks(spool.open);
+  const cursor: SpoolCursor = {};
+  const piece = BLOCK / 4;
+  const parts: Part[] = [];
+  for (let pos = 0; pos < BLOCK; pos += piece) {
+    parts.push(await blocks.at(pos, pos + piece, bytes.length, cursor));
+    // Between two pieces of this follower, others read 20 blocks elsewhere.
+    for (let i = 20; i < 40; i++) {
+      (await blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length)).sent();
+    }
+  }
+  equal(spool.counts.reads, 1 + 4 * 20, "the follower's block was read once");
+  deepEqual(
+    new Uint8Array(await new Blob(parts.map((p) => p.bytes) as BlobPart[]).arrayBuffer()),
+    bytes.subarray(0, BLOCK),
+  );
+  for (const part of parts) part.sent();
+  equal(parts[0].bytes.length, piece, "still the cursor's block");
+  blocks.leave(cursor);
+  equal(parts[0].bytes.length, 0, "left, no longer kept, every part sent: freed");
+  await blocks.close();
 });
