@@ -313,7 +313,7 @@ export class Fill {
       cancel: () => done(),
     }, { highWaterMark: 0 }); // a part is taken when the server asks: see SendWatch.handed
     // Sent as a response, its own send watch: parts of the size the client takes (64 KiB to a slow
-    // one), without a wrapper stream, and a spool block's memory freed once the server holds it.
+    // one), without a wrapper stream, each marked sent once the server holds it (see SharedBytes).
     return selfWatched(stream, (w) => watch = w);
   }
 }
