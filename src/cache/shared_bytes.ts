@@ -58,6 +58,7 @@ export class SharedBytes {
     this.#held++;
   }
 
+  /** Ends a {@linkcode hold}: the bytes may go now. */
   release(): void {
     this.#held--;
     this.#freeIfDone();

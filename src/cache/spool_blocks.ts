@@ -31,19 +31,16 @@ export class SpoolBlocks {
 
   /**
    * The spool's bytes from `pos`: at least one, at most to `stop`. The spool holds `stored` bytes
-   * (more than `pos`); a block is never read past them. With a `cursor`, the block the part comes
-   * from stays the follower's until it asks for bytes outside it (or {@linkcode leave}s): a
-   * follower taking a block in small pieces reads it once, however many others read meanwhile.
+   * (more than `pos`); a block is never read past them. The block the part comes from stays the
+   * cursor's follower's until it asks for bytes outside it (or {@linkcode leave}s): a follower
+   * taking a block in small pieces reads it once, however many others read meanwhile.
    */
-  async at(pos: number, stop: number, stored: number, cursor?: SpoolCursor): Promise<Part> {
-    const mine = cursor?.block;
-    if (mine?.has(pos)) return mine.part(pos, stop);
-    if (cursor) this.leave(cursor);
-    const block = await this.#find(pos, stored);
-    const part = block.part(pos, stop);
-    if (cursor) cursor.block = block; // the hold #find took is now the cursor's
-    else block.release(); // the part holds it
-    return part;
+  async at(pos: number, stop: number, stored: number, cursor: SpoolCursor): Promise<Part> {
+    if (!cursor.block?.has(pos)) {
+      this.leave(cursor);
+      cursor.block = await this.#find(pos, stored); // the hold #find took is the cursor's
+    }
+    return cursor.block.part(pos, stop);
   }
 
   /** The follower of `cursor` is done with its block. */

@@ -39,12 +39,13 @@ Deno.test("spool blocks: followers at one position share one read of each block"
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
   const positions = Array.from({ length: 20 }, () => 0);
+  const cursors: SpoolCursor[] = positions.map(() => ({}));
   const got: Uint8Array[][] = positions.map(() => []);
   while (positions.some((pos) => pos < bytes.length)) {
     // Every follower asks at once, as fifty clients of one blob do.
     await Promise.all(positions.map(async (pos, i) => {
       if (pos >= bytes.length) return;
-      const { bytes: part } = await blocks.at(pos, bytes.length, bytes.length);
+      const { bytes: part } = await blocks.at(pos, bytes.length, bytes.length, cursors[i]);
       got[i].push(part);
       positions[i] += part.length;
     }));
@@ -62,12 +63,12 @@ Deno.test("spool blocks: a block ends at the bytes stored and at the follower's 
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
   // The file holds more than `stored` (a write landing): those bytes are not read yet.
-  const { bytes: first } = await blocks.at(10, 3 * BLOCK, 1000);
+  const { bytes: first } = await blocks.at(10, 3 * BLOCK, 1000, {});
   deepEqual(first, bytes.subarray(10, 1000));
-  // A range ending early gets only its bytes; the block read for it serves later positions too.
-  const { bytes: short } = await blocks.at(2000, 2100, 3 * BLOCK);
+  // A range ending early gets only its bytes; the block read for it serves others' later positions.
+  const { bytes: short } = await blocks.at(2000, 2100, 3 * BLOCK, {});
   deepEqual(short, bytes.subarray(2000, 2100));
-  const { bytes: after } = await blocks.at(2100, 3 * BLOCK, 3 * BLOCK);
+  const { bytes: after } = await blocks.at(2100, 3 * BLOCK, 3 * BLOCK, {});
   deepEqual(after, bytes.subarray(2100, 2000 + BLOCK));
   equal(spool.counts.reads, 2);
   await blocks.close();
@@ -77,9 +78,9 @@ Deno.test("spool blocks: after close, the next read opens the spool again", asyn
   const bytes = patterned(1000);
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
-  deepEqual((await blocks.at(0, 1000, 1000)).bytes, bytes);
+  deepEqual((await blocks.at(0, 1000, 1000, {})).bytes, bytes);
   await blocks.close();
-  deepEqual((await blocks.at(500, 1000, 1000)).bytes, bytes.subarray(500));
+  deepEqual((await blocks.at(500, 1000, 1000, {})).bytes, bytes.subarray(500));
   equal(spool.counts.opens, 2);
   await blocks.close();
 });
@@ -88,7 +89,13 @@ Deno.test("spool blocks: a block is freed once no longer kept and every part of 
   const bytes = patterned(40 * BLOCK);
   await using spool = await spoolFile(bytes);
   const blocks = new SpoolBlocks(spool.open);
-  const at = (i: number) => blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length);
+  /** A follower taking one part of block `i`, then moving on. */
+  const at = async (i: number) => {
+    const cursor: SpoolCursor = {};
+    const part = await blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length, cursor);
+    blocks.leave(cursor);
+    return part;
+  };
   // Block 0: two followers take a part each; block 1: a part never marked sent.
   const a = await at(0);
   const b = await at(0);
@@ -125,7 +132,9 @@ Deno.test("spool blocks: a follower's cursor keeps its block while others' reads
     parts.push(await blocks.at(pos, pos + piece, bytes.length, cursor));
     // Between two pieces of this follower, others read 20 blocks elsewhere.
     for (let i = 20; i < 40; i++) {
-      (await blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length)).sent();
+      const other: SpoolCursor = {};
+      (await blocks.at(i * BLOCK, (i + 1) * BLOCK, bytes.length, other)).sent();
+      blocks.leave(other);
     }
   }
   equal(spool.counts.reads, 1 + 4 * 20, "the follower's block was read once");
