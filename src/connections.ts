@@ -193,8 +193,12 @@ export class ConnectionServer {
       return;
     }
     const gone = () => this.#open.delete(c);
-    c.server.finished.then(gone, (e) => {
+    const server = c.server;
+    server.finished.then(gone, (e) => {
       gone();
+      // A server that ended in an error (a client gone in the middle of a body) still holds its
+      // resource: without this, one leaked per download a client gave up on.
+      server.shutdown().catch(() => {});
       if (!c.closed) {
         log.debug("connection from {remote} failed: {error}", {
           remote: c.remote,
