@@ -2,7 +2,7 @@
 // be timed out and closed alone: Deno.serve accepts by itself and has no timeouts at all.
 
 import { log } from "./log.ts";
-import { type Sending, sharedPiece, watchBody } from "./watched_body.ts";
+import { sendableStandIn, type Sending, sharedPiece, watchBody } from "./watched_body.ts";
 
 /** When connections are closed, and how many may be open. */
 export interface ConnectionSettings {
@@ -26,15 +26,26 @@ export interface ConnectionStats {
   headerTimeouts: number;
   idleTimeouts: number;
   sendTimeouts: number;
-  /** Idle connections closed to make room (at the cap, or when accept() found no descriptor). */
+  /**
+   * Connections closed to make room (at the cap, or when accept() found no descriptor): idle ones,
+   * else the one longest sending a body the runtime sends by itself, once past the send timeout.
+   */
   shed: number;
   /** New connections closed at once: at the cap with none idle. */
   refused: number;
   acceptErrors: number;
+  /** Bodies the runtime sent by itself (a bucket's blob relayed in Rust: see runtimeSendable). */
+  runtimeSent: number;
 }
 
 /** Responses with a Content-Length up to this are written whole into buffers: timed as one piece. */
 const SMALL_BODY = 64 * 1024;
+/**
+ * Bodies the runtime sends by itself at once, at most. No send timeout sees them: a client that
+ * stalls one keeps it, its bucket connection and a chunk of memory until it goes, or until the
+ * connection is shed to make room. Beyond this, such bodies are sent by their watched stand-in.
+ */
+export const MAX_RUNTIME_SENT = 16;
 /** Longest pause between accept() attempts after errors. */
 const MAX_ACCEPT_BACKOFF_MS = 1000;
 /** Repeated warnings (accept errors, refused connections) are logged at most this often. */
@@ -88,6 +99,8 @@ export class ConnectionServer {
   readonly #open = new Set<Connection>();
   /** Responses whose bodies are being sent in pieces: they share PIECE_BUDGET. */
   readonly #bodies = new Set<Sending>();
+  /** Bodies the runtime is sending by itself now (see MAX_RUNTIME_SENT). */
+  #runtimeSending = 0;
   readonly #sweeper: ReturnType<typeof setInterval>;
   readonly #warned = new Map<string, { at: number; since: number }>();
   readonly stats: ConnectionStats = {
@@ -97,6 +110,7 @@ export class ConnectionServer {
     shed: 0,
     refused: 0,
     acceptErrors: 0,
+    runtimeSent: 0,
   };
 
   constructor(
@@ -132,11 +146,11 @@ export class ConnectionServer {
       } catch (e) {
         if (e instanceof Deno.errors.BadResource) return; // the listener was closed
         this.stats.acceptErrors++;
-        const shed = this.#shedIdle();
+        const shed = this.#shed();
         this.#warn("error", "accepting a connection failed: {error}; retrying", {
           error: String((e as Error)?.message ?? e),
           open: this.#open.size,
-          shedIdle: shed,
+          shed,
         });
         backoff = Math.min(MAX_ACCEPT_BACKOFF_MS, Math.max(10, backoff * 2));
         await new Promise((resolve) => setTimeout(resolve, backoff));
@@ -159,7 +173,7 @@ export class ConnectionServer {
   }
 
   #add(conn: Deno.Conn): void {
-    if (this.#open.size >= this.#settings.maxConnections && !this.#shedIdle()) {
+    if (this.#open.size >= this.#settings.maxConnections && !this.#shed()) {
       this.stats.refused++;
       conn.close();
       this.#warn("warning", "connection refused: {open} open, none idle (limits.maxConnections)", {
@@ -220,6 +234,7 @@ export class ConnectionServer {
       c.served++;
       c.sending.delete(sending);
       this.#bodies.delete(sending);
+      if (sending.runtimeSince !== undefined) this.#runtimeSending--;
       if (c.active === 0) c.since = this.#now();
     };
     info.completed.then(done, done);
@@ -229,7 +244,10 @@ export class ConnectionServer {
       : this.#watch(c, request.method, response, sending);
   }
 
-  /** Starts timing the response's sending; wraps its body unless it is small enough to be sent whole. */
+  /**
+   * Starts timing the response's sending; wraps its body unless it is small enough to be sent whole
+   * or the runtime sends it by itself.
+   */
   #watch(c: Connection, method: string, response: Response, sending: Sending): Response {
     sending.waitingSince = this.#now();
     c.sending.add(sending);
@@ -238,10 +256,19 @@ export class ConnectionServer {
     // A body of unknown length from a string or bytes becomes a stream here: errors and ops pages.
     const body = response.body;
     if (body === null) return response;
+    const standIn = sendableStandIn(body);
+    if (standIn && this.#runtimeSending < MAX_RUNTIME_SENT) {
+      this.#runtimeSending++;
+      this.stats.runtimeSent++;
+      sending.waitingSince = 0; // never known to wait: see MAX_RUNTIME_SENT
+      sending.runtimeSince = this.#now();
+      return response;
+    }
     const quickMs = this.#settings.sendTimeoutMs / 16;
     this.#bodies.add(sending);
     const maxPiece = () => sharedPiece(this.#bodies.size);
-    return new Response(watchBody(body, sending, { now: this.#now, quickMs, maxPiece }), {
+    const watched = watchBody(standIn?.() ?? body, sending, { now: this.#now, quickMs, maxPiece });
+    return new Response(watched, {
       status: response.status,
       statusText: response.statusText,
       headers: response.headers,
@@ -283,6 +310,11 @@ export class ConnectionServer {
     }
   }
 
+  /** Closes a connection to make room: see ConnectionStats.shed. */
+  #shed(): boolean {
+    return this.#shedIdle() || this.#shedRuntimeSending();
+  }
+
   /** Closes the connection longest open among those with no request in progress. */
   #shedIdle(): boolean {
     for (const c of this.#open) {
@@ -293,6 +325,23 @@ export class ConnectionServer {
       }
     }
     return false;
+  }
+
+  /** Closes the connection whose body the runtime has sent by itself the longest, past the send timeout. */
+  #shedRuntimeSending(): boolean {
+    const since = this.#now() - this.#settings.sendTimeoutMs;
+    let oldest: { c: Connection; at: number } | undefined;
+    for (const c of this.#open) {
+      if (c.closed) continue;
+      for (const s of c.sending) {
+        const at = s.runtimeSince;
+        if (at !== undefined && at < since && (!oldest || at < oldest.at)) oldest = { c, at };
+      }
+    }
+    if (!oldest) return false;
+    this.stats.shed++;
+    this.#close(oldest.c);
+    return true;
   }
 
   #close(c: Connection): void {

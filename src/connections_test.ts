@@ -4,8 +4,15 @@ import {
   type ConnectionHandler,
   ConnectionServer,
   type ConnectionSettings,
+  MAX_RUNTIME_SENT,
 } from "./connections.ts";
-import { MAX_PIECE, selfWatched, type SendWatch, sharedPiece } from "./watched_body.ts";
+import {
+  MAX_PIECE,
+  runtimeSendable,
+  selfWatched,
+  type SendWatch,
+  sharedPiece,
+} from "./watched_body.ts";
 
 const SETTINGS: ConnectionSettings = {
   headerTimeoutMs: 300,
@@ -197,6 +204,90 @@ Deno.test("connections: at the cap an idle connection makes room; with none idle
   release();
   ok((await busyA).endsWith("ok") && (await busyB).endsWith("ok"));
   deepEqual([s.server.stats.shed, s.server.stats.refused], [1, 1]);
+});
+
+/**
+ * A handler relaying a big upstream body (a local server) as the bucket's blobs are: marked for the
+ * runtime to send itself, with a stand-in that counts its uses. Disposing stops the upstream.
+ */
+function relaying() {
+  const size = 64 * 1024 * 1024;
+  const blob = new Uint8Array(size);
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response(blob, { headers: { "content-length": String(size) } }),
+  );
+  const client = Deno.createHttpClient({});
+  const counts = { standIns: 0 };
+  const handler: ConnectionHandler = async () => {
+    const got = await fetch(`http://127.0.0.1:${upstream.addr.port}/`, { client });
+    const body = runtimeSendable(got.body!, () => {
+      counts.standIns++;
+      return got.body!.pipeThrough(new TransformStream());
+    });
+    return new Response(body, { headers: { "content-length": String(size) } });
+  };
+  return {
+    handler,
+    counts,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      await upstream.shutdown();
+    },
+  };
+}
+
+/** Sends a GET on `conn` and reads the response's head (and what came with it), no more. */
+async function stallAfterHead(conn: Deno.Conn): Promise<void> {
+  await conn.write(encoder.encode("GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+  await conn.read(new Uint8Array(16 * 1024));
+}
+
+Deno.test("connections: bodies the runtime sends itself, at most MAX_RUNTIME_SENT; the rest send-timed", async () => {
+  await using relay = relaying();
+  await using s = serve(relay.handler);
+  const conns: Deno.Conn[] = [];
+  for (let i = 0; i <= MAX_RUNTIME_SENT; i++) {
+    conns.push(await s.connect());
+    await stallAfterHead(conns[i]);
+  }
+  equal(s.server.stats.runtimeSent, MAX_RUNTIME_SENT);
+  equal(relay.counts.standIns, 1, "the one beyond the bound was sent by its stand-in");
+  // The stand-in's stalled client is cut; the runtime's own are not seen to stall.
+  await new Promise((resolve) => setTimeout(resolve, SETTINGS.sendTimeoutMs * 2));
+  const [cut] = await closedWithin(conns[MAX_RUNTIME_SENT], 100);
+  ok(cut, "the stand-in's stalled download was cut");
+  equal(s.server.stats.sendTimeouts, 1);
+  // A client gone frees its place: the next body is the runtime's again.
+  conns[0].close();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const next = await s.connect();
+  await stallAfterHead(next);
+  deepEqual([s.server.stats.runtimeSent, relay.counts.standIns], [MAX_RUNTIME_SENT + 1, 1]);
+  for (const conn of [next, ...conns.slice(1, MAX_RUNTIME_SENT)]) conn.close();
+});
+
+Deno.test("connections: at the cap, the longest body the runtime sends past the send timeout makes room", async () => {
+  await using relay = relaying();
+  await using s = serve(relay.handler, { maxConnections: 2, sendTimeoutMs: 300 });
+  const oldest = await s.connect();
+  await stallAfterHead(oldest);
+  const next = await s.connect();
+  await stallAfterHead(next);
+  // Within the send timeout nothing is shed: a third connection is refused.
+  const early = await s.connect();
+  const [refused] = await closedWithin(early, 5000);
+  ok(refused);
+  deepEqual([s.server.stats.refused, s.server.stats.shed], [1, 0]);
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  const late = await s.connect();
+  const [oldestClosed] = await closedWithin(oldest, 5000);
+  ok(oldestClosed, "the connection longest sent to was closed for the new one");
+  ok((await request(late, "/")).startsWith("HTTP/1.1 200"), "the new one is served");
+  deepEqual([s.server.stats.refused, s.server.stats.shed], [1, 1]);
+  next.close();
+  late.close();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
 });
 
 Deno.test("connections: shutdown lets a response in progress finish", async () => {

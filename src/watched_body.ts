@@ -3,6 +3,8 @@
 /** One response being sent: since when it has waited for the client to take more (0: it is not). */
 export interface Sending {
   waitingSince: number;
+  /** Set when the runtime sends the body by itself (see runtimeSendable): since when, ms. */
+  runtimeSince?: number;
 }
 
 /** Options of {@linkcode watchBody}. */
@@ -85,6 +87,34 @@ export function selfWatched(
 ): ReadableStream<Uint8Array> {
   selfWatching.set(stream, attach);
   return stream;
+}
+
+/**
+ * Bodies Deno's HTTP server can send by itself, each with a watched stand-in. A fetch body given
+ * to a Response as is goes from socket to socket in Rust: no JavaScript per chunk, no copy into
+ * pieces of ours, no zeroed buffers (a bucket's blob: 0.4 CPU s/GB against 1.0, BENCHMARKS.md).
+ * Nothing tells JavaScript how far such a body got, so no send timeout sees it: the connection
+ * server sends a bounded number of them so, and the stand-in instead of the others.
+ */
+const runtimeSent = new WeakMap<ReadableStream<Uint8Array>, () => ReadableStream<Uint8Array>>();
+
+/**
+ * Marks `body` (a fetch body, not yet read) as one the runtime can send by itself; `standIn`
+ * makes the stream sent instead when it may not, which reads `body` in JavaScript, send-timed.
+ */
+export function runtimeSendable(
+  body: ReadableStream<Uint8Array>,
+  standIn: () => ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  runtimeSent.set(body, standIn);
+  return body;
+}
+
+/** The stand-in of `body` when the runtime can send it by itself (see runtimeSendable). */
+export function sendableStandIn(
+  body: ReadableStream<Uint8Array>,
+): (() => ReadableStream<Uint8Array>) | undefined {
+  return runtimeSent.get(body);
 }
 
 /**

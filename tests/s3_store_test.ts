@@ -5,6 +5,7 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { assertBody, patterned, putBlob, readAll, sha256 } from "../src/cache/_test_support.ts";
 import { S3Store } from "../src/cache/s3_store.ts";
+import { RegistryError } from "../src/oci/errors.ts";
 import type { S3Config } from "../src/config.ts";
 import { S3Client, S3Error } from "../src/s3/client.ts";
 import { emptyPrefix, keysUnder, RGW_TOOLS, s3Settings } from "./fixtures/rgw.ts";
@@ -73,6 +74,22 @@ Deno.test({
 });
 
 Deno.test({
+  name: "s3 store: a blob gone between its HEAD and its GET fails before any byte, as a 503",
+  ...options,
+  async fn() {
+    await using t = await tempS3();
+    const digest = await putBlob(t.store, patterned(MiB, 33));
+    const blob = await t.store.openBlob(digest);
+    ok(blob);
+    await t.store.delete("blob", digest); // evicted by another replica meanwhile
+    const error = await blob.stream().then(() => undefined, (e) => e);
+    ok(error instanceof RegistryError, `a registry error, got ${error}`);
+    deepEqual([error.status, error.code], [503, "UNAVAILABLE"]);
+    match(error.message, /the cache's bucket is unavailable \(it answered 404 NoSuchKey\)/);
+  },
+});
+
+Deno.test({
   name: "s3 store: a blob above the multipart threshold goes up in parts and reads back whole",
   ...options,
   async fn() {
@@ -82,10 +99,10 @@ Deno.test({
     const blob = await t.store.openBlob(digest);
     ok(blob);
     equal(blob.size, bytes.length);
-    assertBody(await readAll(blob.stream()), bytes);
+    assertBody(await readAll(await blob.stream()), bytes);
     const part = await t.store.openBlob(digest);
     assertBody(
-      await readAll(part!.stream(5 * MiB - 3, 10 * MiB + 3)),
+      await readAll(await part!.stream(5 * MiB - 3, 10 * MiB + 3)),
       bytes.subarray(5 * MiB - 3, 10 * MiB + 3),
     );
     equal(await pendingUploads(t.s3), 0);

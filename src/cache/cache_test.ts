@@ -68,7 +68,7 @@ storeTest("cache: openBlob pins the blob before opening it", async (b) => {
   ok(blob, "the blob survived the eviction pass");
   await t.cache.eviction.evictTo(0);
   ok(await hasBlob(t.store, digest), "an open blob is not evicted");
-  assertBody(await readAll(blob.stream()), bytes);
+  assertBody(await readAll(await blob.stream()), bytes);
   blob.release();
   await t.cache.eviction.evictTo(0);
   equal(await hasBlob(t.store, digest), false);

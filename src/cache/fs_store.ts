@@ -79,7 +79,7 @@ export class FsStore implements Store {
         used = true;
         // A byte stream sized to the client (1 MiB pieces fast, 64 KiB slow) that errors on a short
         // file; `file.readable` reads 64 KiB per hop (BENCHMARKS.md).
-        return fileStream(file, { start, end });
+        return Promise.resolve(fileStream(file, { start, end }));
       },
       close() {
         if (used) return;

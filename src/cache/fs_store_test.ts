@@ -103,7 +103,7 @@ Deno.test("fs store: an opened blob stays readable after it is deleted", async (
   equal(whole.size, bytes.length);
   await t.store.delete("blob", digest);
   equal(await t.store.openBlob(digest), undefined);
-  assertBody(await readAll(whole.stream()), bytes);
-  assertBody(await readAll(part.stream(1000, 200_000)), bytes.subarray(1000, 200_000));
+  assertBody(await readAll(await whole.stream()), bytes);
+  assertBody(await readAll(await part.stream(1000, 200_000)), bytes.subarray(1000, 200_000));
   unused.close();
 });

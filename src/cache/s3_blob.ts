@@ -1,8 +1,9 @@
 // A blob of the bucket, opened: its bytes [start, end) come from one GET (with Range unless it is
-// the whole blob) sent on the first read, and end in an error rather than short if S3 sends fewer.
+// the whole blob), sent by the runtime itself, or read in JavaScript into full pieces that end in an
+// error rather than short if S3 sends fewer.
 
 import type { S3Client } from "../s3/client.ts";
-import { selfWatched, type SendWatch } from "../watched_body.ts";
+import { runtimeSendable, selfWatched, type SendWatch } from "../watched_body.ts";
 import { CHUNK_SIZE } from "./file_stream.ts";
 import type { OpenedBlob } from "./store.ts";
 
@@ -11,10 +12,26 @@ export function openedS3Blob(client: S3Client, key: string, size: number): Opene
   let used = false;
   return {
     size,
-    stream(start = 0, end = size) {
+    async stream(start = 0, end = size) {
       if (used) throw new Error("a blob is streamed once");
       used = true;
-      return s3BlobStream(client, key, { start, end, size });
+      const whole = start === 0 && end === size;
+      // No byte asked: nothing to ask S3 (a Range of none is not one it answers).
+      if (start === end && !whole) return new ReadableStream({ start: (c) => c.close() });
+      const response = await client.send("GetObject", "GET", key, {
+        headers: whole ? {} : { range: `bytes=${start}-${end - 1}` },
+        expect: [whole ? 200 : 206],
+      });
+      const body = response.body!; // fetch bodies are byte streams
+      const length = response.headers.get("content-length");
+      // Without its length, fetch cannot tell a body cut short from a whole one: counted here.
+      if (length === null) return s3BlobStream(body, key, end - start);
+      if (Number(length) !== end - start) {
+        await body.cancel();
+        throw new Error(`S3 GetObject ${key}: ${length} bytes for the ${end - start} asked`);
+      }
+      // The body as is, sent from socket to socket by the runtime; or read here, send-timed.
+      return runtimeSendable(body, () => s3BlobStream(body, key, end - start));
     },
     close() {
       used = true;
@@ -23,20 +40,19 @@ export function openedS3Blob(client: S3Client, key: string, size: number): Opene
 }
 
 /**
- * A stream of bytes [start, end) of the object `key` of `size` bytes: a byte stream, like a cached
- * file's (`fileStream`), that reads the GET's body straight into the reader's buffer or,
- * sent as a response, into pieces its send watch sizes ({@linkcode selfWatched}: no wrapper),
- * each filled by as many reads as it takes: fetch hands the body over in smaller chunks, and
- * every piece handed to the server costs a hop.
+ * The `length` bytes of `body` (the GET of the object `key`) as a byte stream, like a cached
+ * file's (`fileStream`), that reads the GET's body straight into the reader's buffer or, sent as
+ * a response, into pieces its send watch sizes ({@linkcode selfWatched}: no wrapper), each filled
+ * by as many reads as it takes: fetch hands the body over in smaller chunks, and every piece
+ * handed to the server costs a hop.
  */
 function s3BlobStream(
-  client: S3Client,
+  body: ReadableStream<Uint8Array>,
   key: string,
-  { start, end, size }: { start: number; end: number; size: number },
+  length: number,
 ): ReadableStream<Uint8Array> {
-  let body: ReadableStreamBYOBReader | undefined;
-  let left = end - start;
-  const whole = start === 0 && end === size;
+  let reader: ReadableStreamBYOBReader | undefined;
+  let left = length;
   let watch: SendWatch | undefined;
   const stream = new ReadableStream({
     type: "bytes",
@@ -46,16 +62,7 @@ function s3BlobStream(
     async pull(controller) {
       const piece = Math.min(watch?.asked() ?? CHUNK_SIZE, left);
       try {
-        if (!body) {
-          const headers: Record<string, string> = whole
-            ? {}
-            : { range: `bytes=${start}-${end - 1}` };
-          const response = await client.send("GetObject", "GET", key, {
-            headers,
-            expect: [whole ? 200 : 206],
-          });
-          body = response.body!.getReader({ mode: "byob" }); // fetch bodies are byte streams
-        }
+        reader ??= body.getReader({ mode: "byob" });
         const request = controller.byobRequest;
         const view = request?.view;
         const into = view
@@ -68,12 +75,10 @@ function s3BlobStream(
         let filled = 0;
         while (filled < want) {
           const rest = new Uint8Array(got.buffer, got.byteOffset + filled, size - filled);
-          const { done, value } = await body.read(rest);
+          const { done, value } = await reader.read(rest);
           if (done || !value) {
             throw new Error(
-              `S3 GetObject ${key}: ${end - start - left + filled} of ${
-                end - start
-              } bytes, then the end`,
+              `S3 GetObject ${key}: ${length - left + filled} of ${length} bytes, then the end`,
             );
           }
           // The read transferred the buffer it was given: go on in the view it returned.
@@ -82,21 +87,21 @@ function s3BlobStream(
         }
         const value = got.subarray(0, filled);
         if (value.length > left) {
-          throw new Error(`S3 GetObject ${key}: more than the ${end - start} bytes asked`);
+          throw new Error(`S3 GetObject ${key}: more than the ${length} bytes asked`);
         }
         left -= value.length;
         if (request) request.respondWithNewView(value);
         else controller.enqueue(value);
         if (left === 0) {
           controller.close();
-          await body.cancel().catch(() => {});
+          await reader.cancel().catch(() => {});
         }
       } finally {
         watch?.handed();
       }
     },
     async cancel(reason) {
-      await body?.cancel(reason);
+      await (reader ?? body).cancel(reason);
     },
   });
   return selfWatched(stream, (w) => watch = w);

@@ -108,7 +108,9 @@ export class S3Store implements Store {
   async openBlob(digest: string): Promise<OpenedBlob | undefined> {
     const key = this.#key("blob", digest);
     const size = await available(this.#storedSize(key));
-    return size === undefined ? undefined : openedS3Blob(this.client, key, size);
+    if (size === undefined) return undefined;
+    const blob = openedS3Blob(this.client, key, size);
+    return { ...blob, stream: (start, end) => available(blob.stream(start, end)) };
   }
 
   /** The size of the object `key`, or undefined when there is none. */

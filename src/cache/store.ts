@@ -45,8 +45,11 @@ export interface Spool {
  */
 export interface OpenedBlob {
   size: number;
-  /** Bytes [start, end) as a stream that closes the blob when done; at most once. */
-  stream(start?: number, end?: number): ReadableStream<Uint8Array>;
+  /**
+   * Bytes [start, end) as a stream that closes the blob when done; at most once. Rejects when
+   * they cannot be read after all (the bucket failed): before the response's head is sent.
+   */
+  stream(start?: number, end?: number): Promise<ReadableStream<Uint8Array>>;
   /** Closes the blob when it is not streamed after all. */
   close(): void;
 }

@@ -38,7 +38,7 @@ storeTest(
       const blob = await t.store.openBlob(digest);
       ok(blob);
       equal(blob.size, bytes.length);
-      assertBody(await readAll(blob.stream(start, end)), bytes.subarray(start, end));
+      assertBody(await readAll(await blob.stream(start, end)), bytes.subarray(start, end));
     }
     const unused = await t.store.openBlob(digest);
     unused?.close();
@@ -55,7 +55,7 @@ storeTest("store: an empty blob is stored and read back", async (b) => {
   const blob = await t.store.openBlob(digest);
   ok(blob);
   equal(blob.size, 0);
-  assertBody(await readAll(blob.stream()), new Uint8Array());
+  assertBody(await readAll(await blob.stream()), new Uint8Array());
 });
 
 storeTest(

@@ -118,7 +118,7 @@ async function openStoredSource(
   if (!servable) return undefined;
   const headers = new Headers({ "content-length": String(blob.size - offset) });
   if (offset > 0) headers.set("content-range", `bytes ${offset}-${blob.size - 1}/${blob.size}`);
-  return new Response(blob.stream(offset), { status: offset > 0 ? 206 : 200, headers });
+  return new Response(await blob.stream(offset), { status: offset > 0 ? 206 : 200, headers });
 }
 
 async function serveStored(
@@ -150,7 +150,7 @@ async function serveStored(
   if (range === "unsatisfiable") throw unsatisfiable(blob.size);
   const headers = cacheStatus(ctx, "HIT", blobHeaders(route.digest, blob.size, range));
   if (route.method === "HEAD") return new Response(null, { headers });
-  const body = blob.stream(range?.start, range?.end);
+  const body = await blob.stream(range?.start, range?.end);
   return new Response(body, { status: range ? 206 : 200, headers });
 }
 
