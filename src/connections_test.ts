@@ -212,11 +212,15 @@ Deno.test("connections: at the cap an idle connection makes room; with none idle
  */
 function relaying() {
   const size = 64 * 1024 * 1024;
-  const blob = new Uint8Array(size);
-  const upstream = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    () => new Response(blob, { headers: { "content-length": String(size) } }),
-  );
+  const chunk = new Uint8Array(1024 * 1024);
+  // A stream, not the bytes: Deno copies a bytes body for each response.
+  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
+    let left = size / chunk.length;
+    const body = new ReadableStream({
+      pull: (c) => left-- > 0 ? c.enqueue(chunk) : c.close(),
+    });
+    return new Response(body, { headers: { "content-length": String(size) } });
+  });
   const client = Deno.createHttpClient({});
   const counts = { standIns: 0 };
   const handler: ConnectionHandler = async () => {
