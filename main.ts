@@ -288,6 +288,20 @@ async function serve(config: Config): Promise<number> {
     console.error(`registry-mirror: cannot serve: ${(e as Error).message}`);
     return 1;
   }
+  const connections = server.stats;
+  deps.metrics.collect(() => {
+    const closed = {
+      header_timeout: connections.headerTimeouts,
+      idle_timeout: connections.idleTimeouts,
+      send_timeout: connections.sendTimeouts,
+      shed: connections.shed,
+      refused: connections.refused,
+    };
+    for (const [reason, count] of Object.entries(closed)) {
+      deps.metrics.connectionsClosed.set({ reason }, count);
+    }
+    deps.metrics.bodiesRelayed.set({}, connections.runtimeSent);
+  });
   // Commands beside the server (prefetch) go through it: its cache, its pins, its eviction.
   const commands = serveOwnerSocket(
     config.cache.dir,

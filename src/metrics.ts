@@ -222,6 +222,18 @@ export class MirrorMetrics {
     labelNames: ["source"],
     registers: [this.registry],
   });
+  readonly connectionsClosed: LiveCounter<"reason"> = new LiveCounter({
+    name: "registry_mirror_connections_closed_total",
+    help: "Connections the mirror closed or refused by its limits: header_timeout, idle_timeout, " +
+      "send_timeout, shed (to make room at the cap), refused (at the cap, none to shed).",
+    labelNames: ["reason"],
+    registers: [this.registry],
+  });
+  readonly bodiesRelayed: LiveCounter = this.#live(
+    "registry_mirror_bodies_relayed_total",
+    "Downloads from the cache's bucket that Deno relayed itself (no send timeout sees them; at " +
+      "most 16 at once).",
+  );
   readonly cacheSize: Gauge = this.#gauge(
     "registry_mirror_cache_size_bytes",
     "Bytes held in the cache.",

@@ -21,6 +21,8 @@ const NAMES = [
   "registry_mirror_cache_max_size_bytes",
   "registry_mirror_cache_objects",
   "registry_mirror_evictions_total",
+  "registry_mirror_connections_closed_total",
+  "registry_mirror_bodies_relayed_total",
 ];
 
 Deno.test("metrics: every name and type of before, the response histogram, process metrics", async () => {

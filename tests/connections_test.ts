@@ -202,6 +202,21 @@ Deno.test("connections: slowloris heads and idle keep-alive connections are clos
       },
     );
 
+    await t.step("the closed connections are counted, by reason", async () => {
+      const metrics = await (await fetch(`${mirror.url}/metrics`)).text();
+      const closed = (reason: string) =>
+        Number(
+          new RegExp(
+            `^registry_mirror_connections_closed_total\\{reason="${reason}"\\} (\\d+)$`,
+            "m",
+          )
+            .exec(metrics)?.[1],
+        );
+      ok(closed("header_timeout") >= 50, `header timeouts: ${closed("header_timeout")}`);
+      ok(closed("idle_timeout") >= 20, `idle timeouts: ${closed("idle_timeout")}`);
+      equal(closed("refused"), 0);
+    });
+
     await t.step("PUT /metrics and other writes to ops endpoints: 405 with Allow", async () => {
       for (
         const [method, path] of [["PUT", "/metrics"], ["POST", "/healthz"], ["DELETE", "/readyz"]]

@@ -129,6 +129,9 @@ Deno.test({
             metrics,
             /^registry_mirror_store_request_duration_seconds_count\{operation="HeadObject"\} \d+$/m,
           );
+          // The big blob and its range went from the bucket to the client in Deno's own code.
+          const relayed = /^registry_mirror_bodies_relayed_total (\d+)$/m.exec(metrics);
+          ok(Number(relayed?.[1]) >= 2, `relayed by the runtime: ${relayed?.[0]}`);
         },
       );
 
