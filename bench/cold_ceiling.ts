@@ -2,8 +2,13 @@
 // upstream as the mirror does (fetch, read by the mirror's own BodyReader: BYOB reads of up to
 // 1 MiB, each chunk enqueued to the response, all on the JavaScript thread), doing a little more
 // each: nothing else; a sha256 of every chunk; and also an async write of every chunk to a spool
-// file. Alternated with
-// Distribution's proxy on an empty cache, all through the same counting proxy, same curl.
+// file. Beside them, what the runtime does without JavaScript in the way (the fetch body given to
+// the Response as is: Deno relays it socket to socket, but then nothing can hash or keep the
+// bytes), and the relay reading into a ring of reused buffers instead of a new one per read (what
+// the zeroed allocation of each buffer costs; unsafe, measurement only: Deno never says when the
+// server has written a chunk, so a reused buffer may be overwritten before). Alternated with
+// Distribution's proxy and the mirror itself, each on an empty cache, all through the same
+// counting proxy, same curl.
 //
 //   deno run -A bench/cold_ceiling.ts [--size 1GiB] [--rounds 5]
 //
@@ -15,15 +20,34 @@ import { BodyReader } from "../src/cache/body_reader.ts";
 import { pullRate } from "./clients.ts";
 import { startDistributionProxy } from "./distribution.ts";
 import { setUp } from "./env.ts";
-import { startEnv, startFlags } from "./mirror.ts";
+import { startEnv, startFlags, startMirrorProcess } from "./mirror.ts";
 import { parseCeilingOptions, parseOptions } from "./options.ts";
-import { cpuSeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
+import { cpuSeconds, machineBusySeconds, median, perGB, spawnLogged, waitHttp } from "./proc.ts";
 import { rotate } from "./systems.ts";
 
 /** Spool writes in flight at most, as chunks. */
 const WRITES_AHEAD = 4;
+/** Buffers in the reused ring, and their size (measurement only, see above). */
+const RING = 16;
+const PIECE = 1024 * 1024;
 
-type Mode = "relay" | "sha256" | "spool";
+type Mode = "runtime" | "reuse" | "relay" | "sha256" | "spool";
+
+/** The upstream body read into RING buffers used in turn (unsafe: measurement only). */
+function reusedBuffers(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = body.getReader({ mode: "byob" });
+  const ring = Array.from({ length: RING }, () => new Uint8Array(PIECE));
+  let next = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      const slot = next++ % RING;
+      const { done, value } = await reader.read(ring[slot]);
+      if (done) return controller.close();
+      ring[slot] = new Uint8Array(value.buffer); // a BYOB read hands the buffer back anew
+      controller.enqueue(value);
+    },
+  });
+}
 
 /** The upstream body, chunk by chunk, hashed and spooled as `mode` says. */
 function relay(body: ReadableStream<Uint8Array>, mode: Mode, spoolPath: string) {
@@ -63,7 +87,11 @@ function serve(port: number, upstream: string, mode: Mode, spoolDir: string): vo
   Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async (request) => {
     const response = await fetch(upstream + new URL(request.url).pathname);
     const length = response.headers.get("content-length") ?? "0";
-    const body = relay(response.body!, mode, `${spoolDir}/spool-${n++}`);
+    const body = mode === "runtime"
+      ? response.body
+      : mode === "reuse"
+      ? reusedBuffers(response.body!)
+      : relay(response.body!, mode, `${spoolDir}/spool-${n++}`);
     return new Response(body, { headers: { "content-length": length } });
   });
 }
@@ -95,13 +123,17 @@ if (Deno.args[0] === "--serve") {
       return { process, url: `http://127.0.0.1:${port}`, spoolDir };
     };
     const servers: Record<string, ReturnType<typeof denoServer>> = {
+      "the runtime's relay (no JavaScript per chunk)": denoServer("runtime"),
+      "relay, reused buffers (unsafe)": denoServer("reuse"),
       relay: denoServer("relay"),
       "relay + sha256": denoServer("sha256"),
       "relay + sha256 + spool writes": denoServer("spool"),
     };
-    const names = ["distribution", ...Object.keys(servers)];
+    const names = ["distribution", "mirror", ...Object.keys(servers)];
     const rates = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     const cpu = Object.fromEntries(names.map((name) => [name, [] as number[]]));
+    // The CPU of everything else on the machine meanwhile (origin, counting proxy, curl).
+    const rest = Object.fromEntries(names.map((name) => [name, [] as number[]]));
     const upstream: number[] = [];
     try {
       for (const { process, url } of Object.values(servers)) {
@@ -110,19 +142,30 @@ if (Deno.args[0] === "--serve") {
       for (let round = 0; round < rounds; round++) {
         upstream.push(await pullRate(env.nginx.proxyUrl + env.big.path, env.big.size));
         for (const name of rotate(names, round)) {
-          // Distribution's proxy starts on an empty cache every time; the others keep nothing.
+          // Distribution's proxy and the mirror start on an empty cache every time; the others keep
+          // nothing.
+          const cacheDir = `${dir}/${name}-${round}`;
           const proxy = name === "distribution"
-            ? await startDistributionProxy(`${dir}/distribution-${round}`, env.nginx.proxyUrl)
+            ? await startDistributionProxy(cacheDir, env.nginx.proxyUrl)
+            : name === "mirror"
+            ? await startMirrorProcess({
+              dir: cacheDir,
+              root: checkout,
+              upstream: env.nginx.proxyUrl,
+            })
             : undefined;
-          const server = name === "distribution" ? undefined : servers[name];
+          const server = proxy ? undefined : servers[name];
           const seconds = () => proxy ? proxy.cpuSeconds() : cpuSeconds(server!.process.pid);
           try {
             const before = seconds();
+            const machineBefore = machineBusySeconds();
             rates[name].push(await pullRate((proxy ?? server)!.url + env.big.path, env.big.size));
-            cpu[name].push(perGB(seconds() - before, env.big.size));
+            const spent = seconds() - before;
+            cpu[name].push(perGB(spent, env.big.size));
+            rest[name].push(perGB(machineBusySeconds() - machineBefore - spent, env.big.size));
           } finally {
             await proxy?.stop();
-            await Deno.remove(`${dir}/distribution-${round}`, { recursive: true }).catch(() => {});
+            await Deno.remove(cacheDir, { recursive: true }).catch(() => {});
             for (const entry of server ? Deno.readDirSync(server.spoolDir) : []) {
               Deno.removeSync(`${server!.spoolDir}/${entry.name}`);
             }
@@ -141,9 +184,24 @@ if (Deno.args[0] === "--serve") {
       console.log(
         `${name}: ${median(rates[name]).toFixed(0)} MB/s (${mb(rates[name])}), ` +
           `${ratio.toFixed(2)}x Distribution's proxy, ` +
-          `CPU ${median(cpu[name]).toFixed(2)} s/GB (${s(cpu[name])})`,
+          `CPU ${median(cpu[name]).toFixed(2)} s/GB (${s(cpu[name])}), ` +
+          `the rest of the machine ${median(rest[name]).toFixed(2)} s/GB (${s(rest[name])})`,
       );
     }
+    // What a pull at Distribution's proxy's speed leaves a cache that fetches once: the cores'
+    // seconds per GB at that speed, less what the rest of the machine spends on one fetch (origin,
+    // counting proxy, curl; the median over the Deno servers: Distribution's own figure also holds
+    // its second fetch). Beside it, what hashing alone costs the JavaScript thread.
+    const cores = navigator.hardwareConcurrency;
+    const given = cores / (median(rates.distribution) / 1000);
+    const oneFetch = median(Object.keys(servers).flatMap((name) => rest[name]));
+    const sha256 = median(cpu["relay + sha256"]) - median(cpu.relay);
+    console.log(
+      `at Distribution's proxy's speed, ${cores} cores give ${given.toFixed(2)} CPU s/GB; ` +
+        `one fetch costs the rest of the machine ${oneFetch.toFixed(2)}: ` +
+        `${(given - oneFetch).toFixed(2)} s/GB left for the cache, ` +
+        `of which sha256 alone takes ${sha256.toFixed(2)}`,
+    );
   } finally {
     await env.stop();
     await Deno.remove(dir, { recursive: true });

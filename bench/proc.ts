@@ -84,6 +84,16 @@ export function cpuTimes(pid: number): { user: number; system: number } {
   return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
 }
 
+/**
+ * CPU seconds the machine's cores have spent running anything so far (/proc/stat: user, nice,
+ * system, irq and softirq; not idle, iowait, or steal, the host's time).
+ */
+export function machineBusySeconds(): number {
+  const [, ...ticks] = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/);
+  const [user, nice, system, , , irq, softirq] = ticks.map(Number);
+  return (user + nice + system + irq + softirq) / 100;
+}
+
 /** Minor page faults of process `pid` so far (field 10 of /proc/PID/stat). */
 export function minorFaults(pid: number): number {
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
