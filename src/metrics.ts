@@ -10,6 +10,7 @@ import {
   type LabelValues,
   Registry,
 } from "prom-client";
+import { MAX_RUNTIME_SENT } from "./connections.ts";
 
 /**
  * A counter whose total is kept elsewhere (a live count in the cache or a client) and copied in
@@ -232,7 +233,7 @@ export class MirrorMetrics {
   readonly bodiesRelayed: LiveCounter = this.#live(
     "registry_mirror_bodies_relayed_total",
     "Downloads from the cache's bucket that Deno relayed itself (no send timeout sees them; at " +
-      "most 16 at once).",
+      `most ${MAX_RUNTIME_SENT} at once).`,
   );
   readonly cacheSize: Gauge = this.#gauge(
     "registry_mirror_cache_size_bytes",
