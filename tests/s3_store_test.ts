@@ -175,3 +175,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "s3 store: list() reads access times from the listings, not one request per object",
+  ...options,
+  async fn() {
+    await using t = await tempS3();
+    const digests: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const manifest = new TextEncoder().encode(`{"schemaVersion":2,"n":${i}}`);
+      digests.push(sha256(manifest));
+      await t.store.putManifest(digests[i], manifest);
+      await t.store.touch("manifest", digests[i], Date.now());
+    }
+    const requests: string[] = [];
+    const send = t.store.client.send.bind(t.store.client);
+    t.store.client.send = (operation, ...rest) => {
+      requests.push(operation);
+      return send(operation, ...rest);
+    };
+    const listed = [];
+    for await (const info of t.store.list()) listed.push(info);
+    deepEqual(listed.map((o) => o.digest).sort(), [...digests].sort());
+    ok(listed.every((o) => o.accessedMs > 0));
+    // One listing of access/, one of blobs/, one of manifests/ (a page each: under 1000 keys).
+    deepEqual(requests, ["ListObjectsV2", "ListObjectsV2", "ListObjectsV2"]);
+  },
+});

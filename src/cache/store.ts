@@ -11,7 +11,10 @@ export interface ObjectInfo {
   kind: ObjectKind;
   digest: string;
   size: number;
-  /** Last access persisted for the object (the file's mtime in the filesystem store). */
+  /**
+   * Last access persisted for the object: the file's mtime in the filesystem store; in S3 when its
+   * access object, else the object itself, last reached the bucket (see `touch`).
+   */
   accessedMs: number;
 }
 
@@ -78,7 +81,11 @@ export interface Store {
   delete(kind: ObjectKind, digest: string): Promise<void>;
   /** Every stored object; used to rebuild the eviction index at start. Skips what it does not know. */
   list(): AsyncIterable<ObjectInfo>;
-  /** Persists access times (batched by the caller, never once per hit). */
+  /**
+   * Persists that an object was used at `atMs` (batched by the caller, never once per hit). `list()`
+   * then gives `atMs` (the directory), or the time the touch reached the store, on its own clock
+   * (S3: read from the listing, with no request per object).
+   */
   touch(kind: ObjectKind, digest: string, atMs: number): Promise<void>;
   getTag(registry: string, repository: string, tag: string): Promise<TagRecord | undefined>;
   putTag(registry: string, repository: string, tag: string, record: TagRecord): Promise<void>;

@@ -1,4 +1,4 @@
-import { deepEqual, equal } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
 import { emptyPrefix, keysUnder, RGW_TOOLS, s3Settings } from "../../tests/fixtures/rgw.ts";
 import { skipUnless } from "../../tests/fixtures/tools.ts";
 import { patterned, putBlob } from "../cache/_test_support.ts";
@@ -9,24 +9,31 @@ import { Leases } from "./leases.ts";
 const KiB = 1024;
 const MINUTE = 60_000;
 
-/** An S3 store on a fresh prefix holding five 100 KiB blobs, last used 50, 40, ... 10 min ago. */
+/**
+ * An S3 store on a fresh prefix holding five 100 KiB blobs, used in that order. The bucket keeps
+ * when each use reached it (its clock is this machine's); `usedMs` has those times, and the
+ * replicas' clock (`now`) is set by the test.
+ */
 async function bucket() {
   const dir = await Deno.makeTempDir({ prefix: "bucket_eviction_test_" });
   const s3 = await s3Settings();
   const store = await S3Store.open({ dir, s3 }, { clean: true });
-  const now = 100 * MINUTE;
   const digests: string[] = [];
-  for (let i = 0; i < 5; i++) {
-    const digest = await putBlob(store, patterned(100 * KiB, 40 + i));
-    await store.touch("blob", digest, now - (5 - i) * 10 * MINUTE);
-    digests.push(digest);
-  }
+  for (let i = 0; i < 5; i++) digests.push(await putBlob(store, patterned(100 * KiB, 40 + i)));
+  for (const digest of digests) await store.touch("blob", digest, Date.now());
+  const used = new Map<string, number>();
+  for await (const o of store.list()) used.set(o.digest, o.accessedMs);
+  const usedMs = digests.map((d) => used.get(d)!);
+  ok(usedMs.every((ms, i) => i === 0 || ms > usedMs[i - 1]), `used in order: ${usedMs}`);
+  const clock = { now: Date.now() + 10 * MINUTE };
   const leases = (owner: string) =>
-    new Leases(store.client, s3.prefix, { owner, ttlMs: 10_000, now: () => now });
+    new Leases(store.client, s3.prefix, { owner, ttlMs: 10_000, now: () => clock.now });
   return {
     s3,
     store,
     digests,
+    usedMs,
+    clock,
     leases,
     blobs: async () => (await keysUnder(s3, "blobs/")).map((k) => `sha256:${k.slice(13)}`),
     async [Symbol.asyncDispose]() {
@@ -64,10 +71,11 @@ Deno.test({
     deepEqual((await b.blobs()).length, 5, "nothing deleted while another evicts");
     if ("lease" in other) await other.lease.release();
 
-    // Only objects unused for 45 min may go: the blob used 50 min ago.
+    // Only objects unused for 45 min may go: 45 min after the second use, only the first blob.
+    b.clock.now = b.usedMs[1] - 1 + 45 * MINUTE;
     const strict = new BucketEviction(b.store, b.leases("http://a/"), {
       maxSize: 100 * KiB,
-      graceMs: 45 * 60_000,
+      graceMs: 45 * MINUTE,
     });
     deepEqual(await strict.pass(), {
       outcome: "evicted",
