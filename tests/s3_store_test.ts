@@ -202,3 +202,30 @@ Deno.test({
     deepEqual(requests, ["ListObjectsV2", "ListObjectsV2", "ListObjectsV2"]);
   },
 });
+
+Deno.test({
+  name:
+    "s3 store: an access time left from before an eviction does not make the blob stored again look old",
+  ...options,
+  async fn() {
+    await using t = await tempS3();
+    const bytes = patterned(1000, 35);
+    const digest = await putBlob(t.store, bytes);
+    await t.store.delete("blob", digest); // evicted...
+    await t.store.touch("blob", digest, Date.now()); // ...and a replica's late touch lands after it
+    const [orphan] = await collectList(t.store); // nothing listed: the blob is gone
+    equal(orphan, undefined);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const stored = Date.now();
+    await putBlob(t.store, bytes);
+    const [listed] = await collectList(t.store);
+    equal(listed.digest, digest);
+    ok(listed.accessedMs >= stored, `accessed ${listed.accessedMs}, stored again at ${stored}`);
+  },
+});
+
+async function collectList(store: S3Store) {
+  const out = [];
+  for await (const info of store.list()) out.push(info);
+  return out;
+}

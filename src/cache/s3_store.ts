@@ -217,7 +217,9 @@ export class S3Store implements Store {
           skipped(key);
           continue;
         }
-        const accessedMs = accessed.get(`${kind}:${digest}`) ?? lastModifiedMs;
+        // Used no earlier than stored: an access object may outlive its object (a replica's touch
+        // landing after an eviction), and must not make the object stored again look old.
+        const accessedMs = Math.max(accessed.get(`${kind}:${digest}`) ?? 0, lastModifiedMs);
         yield { kind, digest, size, accessedMs };
       }
     }
