@@ -12,8 +12,8 @@ export interface ObjectInfo {
   digest: string;
   size: number;
   /**
-   * Last access persisted for the object: the file's mtime in the filesystem store; in S3 when its
-   * access object, else the object itself, last reached the bucket (see `touch`).
+   * Last access persisted for the object: the file's mtime in the filesystem store; in S3 the later
+   * of when its access object and when the object itself last reached the bucket (see `touch`).
    */
   accessedMs: number;
 }
